@@ -1,0 +1,328 @@
+"""Generation: `Conditioning` -> frames -> video file, through diffusers' `WanAnimatePipeline`.
+
+The pipeline generates the clip in segments of 77 frames; each later segment is conditioned on the last 1
+(or 5) generated frames of the one before (contract: "Size, frame rate, segments"). This module adds what a
+product needs around that call: defaults from the contract, seeds, progress over all segments, cancellation
+that frees GPU memory, LoRA switches, colour consistency across segments, and the video file.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from color_matcher.mvgd_matcher import TransferMVGD
+from PIL import Image
+
+from .conditioning import Conditioning
+from .errors import GenerationCancelled, WanAnimateError
+from .lora import RELIGHT_ADAPTER, load_relighting_lora, set_lora_weights
+from .progress import ProgressCallback
+from .video import write_video
+
+if TYPE_CHECKING:
+    from diffusers import WanAnimatePipeline
+
+logger = logging.getLogger("wan_animate")
+
+# Upstream's default prompt for Animate ("the person in the video is moving"); the model was tuned with it.
+DEFAULT_PROMPT = "视频中的人在做动作"
+# Upstream's shared negative prompt, used only when guidance_scale > 1 (CFG).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass
+class GenerationSettings:
+    """Settings of one generation job; defaults follow the contract (20 steps, shift 5, no CFG).
+
+    Attributes:
+        num_inference_steps: Denoising steps per segment.
+        guidance_scale: Classifier-free guidance; 1.0 disables it (the model's default). Above 1 the
+            unconditional pass uses a blank face video and the negative prompt, and costs twice the time.
+        flow_shift: Shift of the flow-matching schedule.
+        seed: Random seed; ``None`` draws one, which is reported in the result.
+        overlap_frames: Frames of the previous segment that condition the next one: 1 or 5.
+        segment_frames: Frames per segment (4N + 1).
+        prompt: Text prompt; the model follows the pose and face videos far more than the text.
+        negative_prompt: Used only with guidance_scale > 1.
+        relight: Apply the relighting LoRA so the character takes the scene's light; ``None`` = on in
+            Replacement, off in Animation.
+        relight_weight: Strength of the relighting LoRA.
+        lora_weights: Weights of other LoRA adapters already loaded on the pipeline, by adapter name.
+        color_match: Match each segment's colours to the end of the segment before (reduces drift at
+            segment boundaries in long clips).
+    """
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0
+    flow_shift: float = 5.0
+    seed: int | None = None
+    overlap_frames: Literal[1, 5] = 1
+    segment_frames: int = 77
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    relight: bool | None = None
+    relight_weight: float = 1.0
+    lora_weights: dict[str, float] = field(default_factory=dict)
+    color_match: bool = False
+
+    def check(self) -> None:
+        """Raise `WanAnimateError` for settings the pipeline cannot run."""
+        if self.num_inference_steps < 1:
+            raise WanAnimateError(f"Steps must be at least 1, got {self.num_inference_steps}.")
+        if self.overlap_frames not in (1, 5):
+            raise WanAnimateError(f"Overlap frames must be 1 or 5, got {self.overlap_frames}.")
+        if self.segment_frames % 4 != 1 or self.segment_frames <= self.overlap_frames:
+            raise WanAnimateError(
+                f"Segment length must be 4N + 1 frames and longer than the overlap, got {self.segment_frames}."
+            )
+        if self.guidance_scale < 1:
+            raise WanAnimateError(f"Guidance must be at least 1.0 (1.0 = off), got {self.guidance_scale}.")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Output of `generate`.
+
+    Attributes:
+        frames: ``(T, H, W, 3)`` uint8 RGB frames, as many as the conditioning has.
+        fps: Frame rate (the conditioning's).
+        seed: Seed actually used.
+        seconds: Wall-clock time of the job.
+        video_path: The mp4 written by `generate_video`, else ``None``.
+    """
+
+    frames: np.ndarray
+    fps: float
+    seed: int
+    seconds: float
+    video_path: Path | None = None
+
+
+def plan_segments(num_frames: int, segment_frames: int = 77, overlap_frames: int = 1) -> list[tuple[int, int]]:
+    """Output frame range ``[start, end)`` that each generated segment contributes, in order.
+
+    Mirrors `WanAnimatePipeline.__call__`: segment k starts at ``k * (segment_frames - overlap_frames)``;
+    every segment after the first drops its first ``overlap_frames`` frames (they re-create the frames it
+    was conditioned on). The last segment is padded by the pipeline and cut back to ``num_frames`` here.
+    """
+    effective = segment_frames - overlap_frames
+    padded = max(num_frames, overlap_frames + 1)
+    remainder = (padded - overlap_frames) % effective
+    num_segments = (padded + (effective - remainder if remainder else 0)) // effective
+    ranges = []
+    for k in range(num_segments):
+        start = 0 if k == 0 else k * effective + overlap_frames
+        end = min(k * effective + segment_frames, num_frames)
+        if start < end:
+            ranges.append((start, end))
+    return ranges
+
+
+def match_segment_colors(frames: np.ndarray, segments: list[tuple[int, int]], reference_frames: int = 1) -> np.ndarray:
+    """Match each segment's colour statistics to the frames just before it.
+
+    For every segment after the first, a colour transfer (Monge-Kantorovich linearisation, from
+    `color-matcher`) is fitted from the segment's first ``reference_frames`` frames to the (already
+    corrected) last ``reference_frames`` frames of the previous segment, and that one affine map is applied
+    to the whole segment, so colour changes inside a segment are kept while the jump at its start goes.
+
+    Args:
+        frames: ``(T, H, W, 3)`` uint8 frames.
+        segments: Output of `plan_segments`.
+        reference_frames: How many frames on each side of a boundary define the statistics.
+
+    Returns:
+        Corrected uint8 frames (a new array).
+    """
+    out = frames.astype(np.float64)
+    for (prev_start, prev_end), (start, end) in zip(segments, segments[1:]):
+        n = min(reference_frames, prev_end - prev_start, end - start)
+        reference = out[prev_end - n : prev_end].reshape(-1, frames.shape[2], 3)
+        source = out[start : start + n].reshape(-1, frames.shape[2], 3)
+        matcher = TransferMVGD(method="mkl")
+        matcher.multivar_transfer(src=source, ref=reference)
+        pixels = out[start:end].reshape(-1, 3).T
+        mapped = matcher.transfer_mat @ (pixels - matcher.mu_r) + matcher.mu_z
+        out[start:end] = mapped.T.reshape(out[start:end].shape)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _pad_frames(frames: np.ndarray, count: int) -> np.ndarray:
+    """Repeat the last frame until there are ``count`` frames (the pipeline needs more than the overlap)."""
+    if len(frames) >= count:
+        return frames
+    return np.concatenate([frames, np.repeat(frames[-1:], count - len(frames), axis=0)])
+
+
+def _to_pil(frames: np.ndarray, mode: str = "RGB") -> list[Image.Image]:
+    return [Image.fromarray(frame, mode=mode) for frame in frames]
+
+
+def _apply_loras(pipeline: "WanAnimatePipeline", conditioning: Conditioning, settings: GenerationSettings) -> None:
+    """Switch the LoRA adapters for this job: relighting by mode unless set, plus the named others."""
+    relight = settings.relight if settings.relight is not None else conditioning.mode == "replace"
+    loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
+    if relight and RELIGHT_ADAPTER not in loaded:
+        load_relighting_lora(pipeline)
+        loaded.add(RELIGHT_ADAPTER)
+    unknown = set(settings.lora_weights) - loaded
+    if unknown:
+        raise WanAnimateError(f"LoRA adapter(s) not loaded: {', '.join(sorted(unknown))}. Load them first.")
+    if loaded:
+        weights = dict(settings.lora_weights)
+        weights[RELIGHT_ADAPTER] = settings.relight_weight if relight else 0.0
+        set_lora_weights(pipeline, {name: weight for name, weight in weights.items() if name in loaded})
+
+
+def _set_flow_shift(pipeline: "WanAnimatePipeline", flow_shift: float) -> None:
+    if getattr(pipeline.scheduler.config, "flow_shift", flow_shift) != flow_shift:
+        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, flow_shift=flow_shift)
+
+
+def free_memory() -> None:
+    """Release cached GPU memory (after a cancelled or failed job)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def generate(
+    pipeline: "WanAnimatePipeline",
+    conditioning: Conditioning,
+    settings: GenerationSettings | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
+    """Generate the frames of one job.
+
+    Args:
+        pipeline: A loaded `WanAnimatePipeline` (see `wan_animate.models.load_pipeline`).
+        conditioning: Model-ready inputs; its mode selects Animation or Replacement.
+        settings: Job settings; contract defaults when ``None``.
+        progress: Called after every denoising step as ``progress(step, total, description)``, counting
+            the steps of all segments together.
+        cancel: When set, generation stops at the next step, GPU memory is freed and
+            `GenerationCancelled` is raised.
+
+    Returns:
+        The frames, trimmed to the conditioning's frame count, with the seed used.
+    """
+    settings = settings or GenerationSettings()
+    settings.check()
+    conditioning.validate()
+    started = time.perf_counter()
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    segments = plan_segments(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    total_steps = len(segments) * settings.num_inference_steps
+    steps_done = 0
+
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        nonlocal steps_done
+        steps_done += 1
+        if progress is not None:
+            segment = (steps_done - 1) // settings.num_inference_steps + 1
+            progress(
+                steps_done,
+                total_steps,
+                f"Segment {segment}/{len(segments)}, step {step + 1}/{settings.num_inference_steps}",
+            )
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("Generation was cancelled.")
+        return {}
+
+    _apply_loras(pipeline, conditioning, settings)
+    _set_flow_shift(pipeline, settings.flow_shift)
+    needed = settings.overlap_frames + 1
+    pose = _pad_frames(conditioning.pose_frames, needed)
+    extra = {}
+    if conditioning.mode == "replace":
+        extra = {
+            "background_video": _to_pil(_pad_frames(conditioning.background_frames, needed)),
+            "mask_video": _to_pil(_pad_frames(conditioning.mask_frames, needed) * 255, mode="L"),
+        }
+    logger.info(
+        "Generating %d frames (%dx%d, %s) in %d segment(s) x %d steps, seed %d",
+        conditioning.num_frames, conditioning.width, conditioning.height, conditioning.mode,
+        len(segments), settings.num_inference_steps, seed,
+    )
+    try:
+        output = pipeline(
+            image=Image.fromarray(conditioning.reference_image),
+            pose_video=_to_pil(pose),
+            face_video=_to_pil(_pad_frames(conditioning.face_frames, needed)),
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt if settings.guidance_scale > 1 else None,
+            height=conditioning.height,
+            width=conditioning.width,
+            segment_frame_length=settings.segment_frames,
+            num_inference_steps=settings.num_inference_steps,
+            mode=conditioning.mode,
+            prev_segment_conditioning_frames=settings.overlap_frames,
+            guidance_scale=settings.guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            output_type="np",
+            callback_on_step_end=on_step_end,
+            **extra,
+        )
+    except GenerationCancelled:
+        pipeline.maybe_free_model_hooks()
+        free_memory()
+        logger.info("Generation cancelled after %d of %d steps", steps_done, total_steps)
+        raise
+    frames = np.asarray(output.frames[0])[: conditioning.num_frames]
+    frames = np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
+    if settings.color_match and len(segments) > 1:
+        frames = match_segment_colors(frames, segments, reference_frames=max(settings.overlap_frames, 1))
+    return GenerationResult(frames=frames, fps=conditioning.fps, seed=seed, seconds=time.perf_counter() - started)
+
+
+def generate_video(
+    pipeline: "WanAnimatePipeline",
+    conditioning: Conditioning,
+    output_path: str | Path,
+    settings: GenerationSettings | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
+    """`generate`, then write an H.264 mp4 at the conditioning's fps with the driving video's sound."""
+    result = generate(pipeline, conditioning, settings, progress=progress, cancel=cancel)
+    path = write_video(
+        output_path,
+        result.frames,
+        result.fps,
+        audio_source=conditioning.audio_source,
+        audio_start=conditioning.audio_start,
+    )
+    return GenerationResult(frames=result.frames, fps=result.fps, seed=result.seed, seconds=result.seconds, video_path=path)
+
+
+def estimate_steps(num_frames: int, settings: GenerationSettings) -> int:
+    """Total denoising steps a job will run (segments x steps), for time estimates."""
+    return len(plan_segments(num_frames, settings.segment_frames, settings.overlap_frames)) * settings.num_inference_steps
+
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "GenerationResult",
+    "GenerationSettings",
+    "estimate_steps",
+    "generate",
+    "generate_video",
+    "match_segment_colors",
+    "plan_segments",
+]

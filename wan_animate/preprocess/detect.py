@@ -1,0 +1,297 @@
+"""Person boxes per frame, and which person to follow through the clip.
+
+The contract (``WAN_ANIMATE_CONTRACT.md``, Keypoints) asks for a person detector before the whole-body pose
+model, the largest person by default, and an Apache/MIT detector instead of upstream's AGPL YOLOv10. We use
+RT-DETRv2 (Apache-2.0) through `transformers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import WanAnimateError
+
+logger = logging.getLogger("wan_animate")
+
+DEFAULT_DETECTOR = "PekingU/rtdetr_v2_r50vd"
+"""RT-DETRv2 ResNet-50, COCO, Apache-2.0 (53.4 AP; the person is the one class we need to be reliable)."""
+
+DETECTOR_FILES = ["config.json", "preprocessor_config.json", "*.safetensors"]
+"""The only files of a detector repository that loading needs."""
+
+PERSON_LABEL = "person"
+
+DUPLICATE_IOU = 0.7
+"""Person boxes overlapping more than this are one person seen twice by two queries: keep the higher score.
+DETR-style detectors need no NMS in general, but a duplicate would inflate ``persons_seen``."""
+
+
+def _resolve_model_folder(source: str | Path, allow_patterns: list[str], what: str) -> Path:
+    """A local folder as is, otherwise a hub repo id downloaded with only ``allow_patterns``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(source).count("/") != 1:
+        raise WanAnimateError(f"The {what} '{source}' is neither a folder nor a Hugging Face repo id (owner/name).")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), allow_patterns=allow_patterns))
+    except Exception as error:  # network, auth or missing repo: the user can fix each of them
+        raise WanAnimateError(
+            f"Could not download the {what} '{source}' from the Hugging Face Hub ({error}). Check the network "
+            "connection and the repo id, or pass a local folder."
+        ) from error
+
+
+def default_device() -> str:
+    """CUDA when available, else CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PersonDetector:
+    """COCO object detector of which only the person class is kept.
+
+    Attributes:
+        device: Where the model runs (``"cuda"``, ``"cuda:1"``, ``"cpu"``).
+        person_id: The model's label id of the COCO person class.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor, device: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.person_id = _person_label_id(model.config.id2label)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path = DEFAULT_DETECTOR, *, device: str | None = None) -> "PersonDetector":
+        """Load a `transformers` object detector and its image processor.
+
+        Args:
+            source: Hugging Face repo id (only config, preprocessor config and safetensors weights are
+                downloaded) or a local folder saved with ``save_pretrained``.
+            device: Torch device; ``None`` picks CUDA when available, else CPU.
+
+        Returns:
+            The detector, in eval mode on ``device``.
+        """
+        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+        folder = _resolve_model_folder(source, DETECTOR_FILES, "person detector")
+        device = device or default_device()
+        try:
+            processor = AutoImageProcessor.from_pretrained(folder)
+            model = AutoModelForObjectDetection.from_pretrained(folder)
+        except (OSError, ValueError) as error:
+            raise WanAnimateError(
+                f"The folder {folder} does not hold a transformers object detector ({error})."
+            ) from error
+        model = model.to(device).eval()
+        logger.info("Person detector %s loaded on %s.", source, device)
+        return cls(model, processor, device)
+
+    @torch.inference_mode()
+    def detect(
+        self, frames: Sequence[np.ndarray], *, score_threshold: float = 0.5, batch_size: int = 8
+    ) -> list[np.ndarray]:
+        """Person boxes in each frame.
+
+        Args:
+            frames: RGB uint8 images (H, W, 3); sizes may differ.
+            score_threshold: Minimum detector score of a kept box.
+            batch_size: Frames per forward pass.
+
+        Returns:
+            Per frame an (N, 5) float32 array ``x1, y1, x2, y2, score`` in the frame's pixels, highest score
+            first; N may be 0.
+        """
+        boxes: list[np.ndarray] = []
+        for start in range(0, len(frames), batch_size):
+            batch = [np.ascontiguousarray(frame) for frame in frames[start : start + batch_size]]
+            inputs = self.processor(
+                images=batch, return_tensors="pt", input_data_format="channels_last", device=self.device
+            )
+            pixel_values = inputs["pixel_values"].to(self.device, dtype=self.model.dtype)
+            outputs = self.model(pixel_values=pixel_values)
+            results = self.processor.post_process_object_detection(
+                outputs, threshold=score_threshold, target_sizes=[frame.shape[:2] for frame in batch]
+            )
+            for frame, result in zip(batch, results):
+                boxes.append(self._person_boxes(result, frame.shape[:2]))
+        return boxes
+
+    def _person_boxes(self, result: dict, frame_size: tuple[int, int]) -> np.ndarray:
+        """The person rows of one post-processed result, clipped to the frame, duplicates removed."""
+        from torchvision.ops import nms
+
+        keep = result["labels"] == self.person_id
+        xyxy = result["boxes"][keep].float()
+        scores = result["scores"][keep].float()
+        height, width = frame_size
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        order = nms(xyxy, scores, DUPLICATE_IOU)  # sorted by decreasing score
+        rows = torch.cat([xyxy[order], scores[order, None]], dim=1)
+        return rows.cpu().numpy().astype(np.float32).reshape(-1, 5)
+
+
+def _person_label_id(id2label: dict) -> int:
+    """The label id whose name is "person" (COCO); a detector without it can't be used here."""
+    for label_id, name in id2label.items():
+        if str(name).strip().lower() == PERSON_LABEL:
+            return int(label_id)
+    raise WanAnimateError(
+        "The person detector has no 'person' class in its labels. Use a COCO-trained detector such as "
+        f"{DEFAULT_DETECTOR}."
+    )
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every pair of ``x1, y1, x2, y2`` boxes: (N, 4), (M, 4) -> (N, M)."""
+    a = np.asarray(boxes_a, dtype=np.float64)[:, None, :4]
+    b = np.asarray(boxes_b, dtype=np.float64)[None, :, :4]
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    intersection = width * height
+    union = _area(a) + _area(b) - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
+def _rows(boxes: np.ndarray) -> np.ndarray:
+    """Boxes as a float64 (N, >=4) array, also when a frame has none."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return boxes.reshape(0, 5) if boxes.size == 0 else boxes
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+
+
+@dataclass
+class PersonTrack:
+    """The one person followed through the clip.
+
+    Attributes:
+        boxes: (T, 4) float32 ``x1, y1, x2, y2`` per frame; NaN rows where the person was not found (the pose
+            stage then uses the whole frame, as upstream does).
+        persons_seen: Most people detected at once in any frame.
+        chosen_by: ``"largest"`` (default) or ``"point"`` (the caller picked the person).
+    """
+
+    boxes: np.ndarray
+    persons_seen: int
+    chosen_by: str
+
+
+def link_tracks(detections: Sequence[np.ndarray], iou_threshold: float = 0.3) -> list[dict[int, int]]:
+    """Chain each frame's boxes into per-person tracks by overlap with each track's last seen box.
+
+    Matching is greedy by decreasing IoU, so when two people cross, each box goes to the track it overlaps
+    most; a box overlapping no track by ``iou_threshold`` starts a new track. A track that is lost keeps its
+    last box and is picked up again when a box overlaps it.
+
+    Args:
+        detections: Per frame (N, >=4) boxes.
+        iou_threshold: Minimum IoU for a box to continue a track.
+
+    Returns:
+        One dict per track, frame index -> row index in that frame's detections.
+    """
+    tracks: list[dict[int, int]] = []
+    last_boxes: list[np.ndarray] = []
+    for frame_index, boxes in enumerate(detections):
+        boxes = _rows(boxes)
+        unmatched = set(range(len(boxes)))
+        if tracks and len(boxes):
+            iou = box_iou(np.stack(last_boxes), boxes[:, :4])
+            free_tracks = set(range(len(tracks)))
+            for track_index, row in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
+                if iou[track_index, row] < iou_threshold:
+                    break
+                if track_index in free_tracks and row in unmatched:
+                    tracks[track_index][frame_index] = int(row)
+                    last_boxes[track_index] = boxes[row, :4]
+                    free_tracks.discard(track_index)
+                    unmatched.discard(row)
+        for row in sorted(unmatched):
+            tracks.append({frame_index: row})
+            last_boxes.append(boxes[row, :4])
+    return tracks
+
+
+def track_person(
+    detections: Sequence[np.ndarray],
+    *,
+    point: tuple[int, float, float] | None = None,
+    iou_threshold: float = 0.3,
+) -> PersonTrack:
+    """Follow one person through the clip (contract, Keypoints: the largest person; a click may choose).
+
+    Every detected person is tracked by overlap (`link_tracks`), so the followed box never jumps to another
+    person who comes close or gets bigger. The default person is the track with the largest box area summed
+    over the clip (upstream takes the largest box of each frame, which jumps between people); a point
+    ``(frame, x, y)`` picks the track of the smallest box containing it on that frame. When no more than one
+    person is ever in view, all of the clip's boxes are that person, as upstream has it.
+
+    Args:
+        detections: Per frame (N, 5) ``x1, y1, x2, y2, score`` person boxes, as from `PersonDetector.detect`.
+        point: ``(frame index, x, y)`` in the frames' pixels on the chosen person, or ``None``.
+        iou_threshold: Minimum IoU between consecutive boxes of one person.
+
+    Returns:
+        The followed person's boxes, with NaN rows where they were not found.
+
+    Raises:
+        WanAnimateError: When ``point`` is on no detected person or names a frame outside the clip.
+    """
+    count = len(detections)
+    boxes = np.full((count, 4), np.nan, dtype=np.float32)
+    persons_seen = max((len(frame_boxes) for frame_boxes in detections), default=0)
+    chosen_by = "largest" if point is None else "point"
+    if point is not None:
+        chosen_frame, chosen_row = _box_at_point(detections, point)
+    if persons_seen == 0:
+        return PersonTrack(boxes=boxes, persons_seen=0, chosen_by=chosen_by)
+    if persons_seen == 1:
+        for frame_index, frame_boxes in enumerate(detections):
+            if len(frame_boxes):
+                boxes[frame_index] = np.asarray(frame_boxes)[0, :4]
+        return PersonTrack(boxes=boxes, persons_seen=1, chosen_by=chosen_by)
+
+    tracks = link_tracks(detections, iou_threshold)
+    if point is None:
+        chosen = max(tracks, key=lambda track: _track_area(track, detections))
+    else:
+        chosen = next(track for track in tracks if track.get(chosen_frame) == chosen_row)
+    for frame_index, row in chosen.items():
+        boxes[frame_index] = np.asarray(detections[frame_index])[row, :4]
+    return PersonTrack(boxes=boxes, persons_seen=persons_seen, chosen_by=chosen_by)
+
+
+def _track_area(track: dict[int, int], detections: Sequence[np.ndarray]) -> float:
+    return float(sum(_area(np.asarray(detections[frame])[row, :4]) for frame, row in track.items()))
+
+
+def _box_at_point(detections: Sequence[np.ndarray], point: tuple[int, float, float]) -> tuple[int, int]:
+    """(frame, row) of the smallest box containing the chosen point: the most specific person under it."""
+    frame_index, x, y = int(point[0]), float(point[1]), float(point[2])
+    if not 0 <= frame_index < len(detections):
+        raise WanAnimateError(
+            f"The chosen point is on frame {frame_index}, but the clip has {len(detections)} frames. "
+            "Click on a frame of the clip."
+        )
+    frame_boxes = _rows(detections[frame_index])[:, :4]
+    inside = (frame_boxes[:, 0] <= x) & (x <= frame_boxes[:, 2]) & (frame_boxes[:, 1] <= y) & (y <= frame_boxes[:, 3])
+    if not inside.any():
+        raise WanAnimateError(
+            f"No person was detected under the chosen point ({x:.0f}, {y:.0f}) on frame {frame_index}. "
+            "Click on the person to follow, or leave the choice empty to follow the largest person."
+        )
+    rows = np.flatnonzero(inside)
+    return frame_index, int(rows[np.argmin(_area(frame_boxes[rows]))])

@@ -1,0 +1,53 @@
+"""The quality report a person reads before spending GPU minutes on generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class QualityReport:
+    """How well preprocessing saw the person, with warnings in plain words.
+
+    Attributes:
+        frames: Frames in the conditioning.
+        person_frames: Frames in which the chosen person was detected.
+        persons_seen: Most people detected at once in any frame.
+        mean_pose_confidence: Mean score of the 20 body keypoints over frames with the person (0..1).
+        face_found_ratio: Fraction of frames whose face landmarks were found (others reuse the last box).
+        mask_coverage: Replacement only: mean fraction of the frame the mask regenerates.
+        warnings: Plain-language problems worth fixing before generating.
+    """
+
+    frames: int
+    person_frames: int
+    persons_seen: int
+    mean_pose_confidence: float
+    face_found_ratio: float
+    mask_coverage: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        """The report as a short Markdown list for the app."""
+        lines = [
+            f"- **Person found** in {self.person_frames} of {self.frames} frames"
+            f" ({self.persons_seen} {'person' if self.persons_seen == 1 else 'people'} seen at most)",
+            f"- **Pose confidence**: {self.mean_pose_confidence:.2f}",
+            f"- **Face found** in {self.face_found_ratio:.0%} of frames",
+        ]
+        if self.mask_coverage is not None:
+            lines.append(f"- **Mask covers** {self.mask_coverage:.0%} of the frame")
+        lines += [f"- ⚠️ {warning}" for warning in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON-ready values (the client API returns it)."""
+        return {
+            "frames": self.frames,
+            "person_frames": self.person_frames,
+            "persons_seen": self.persons_seen,
+            "mean_pose_confidence": round(self.mean_pose_confidence, 4),
+            "face_found_ratio": round(self.face_found_ratio, 4),
+            "mask_coverage": None if self.mask_coverage is None else round(self.mask_coverage, 4),
+            "warnings": list(self.warnings),
+        }

@@ -1,0 +1,452 @@
+"""Video and image I/O: decoding with frame-rate resampling, browser-playable H.264 encoding, photos.
+
+Every frame in this package is an RGB ``uint8`` array of shape ``(H, W, 3)``; a clip is ``(T, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import av
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import WanAnimateError
+from .progress import ProgressCallback
+
+logger = logging.getLogger("wan_animate")
+
+MAX_FRAME_SIDE = 4096
+"""Largest accepted side of a driving video or photo, in pixels (4K UHD is 3840 x 2160)."""
+
+DEFAULT_MAX_SECONDS = 30.0
+"""Longest driving clip accepted by default, in seconds."""
+
+# Photos with transparency are composited onto this colour: a neutral white studio background.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds, read from its headers (sizes as displayed, i.e. after rotation)."""
+
+    width: int
+    height: int
+    fps: float
+    duration: float
+    has_audio: bool
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Decoded, resampled frames of a driving video.
+
+    Attributes:
+        frames: ``(T, H, W, 3)`` uint8 RGB frames at ``fps``, resized if a size was asked for.
+        fps: Frame rate of ``frames``.
+        source_size: ``(height, width)`` of the video as displayed, before any resizing.
+        start: Offset in seconds of the first frame in the source file (for cutting its audio).
+    """
+
+    frames: np.ndarray
+    fps: float
+    source_size: tuple[int, int]
+    start: float
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise WanAnimateError(f"Video file not found: {path}")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise WanAnimateError(f"Could not read {path.name} as a video ({error}). Try an mp4, mov, webm or mkv file.") from error
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Read a video's size, frame rate, duration and whether it has sound, without decoding it.
+
+    Raises:
+        WanAnimateError: The file is missing, unreadable, or has no video stream.
+    """
+    with _open(path) as container:
+        if not container.streams.video:
+            raise WanAnimateError(f"{Path(path).name} has no video stream.")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = (stream.frames or 0) / fps
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rotation = _stream_rotation(container)
+        if rotation % 180:
+            width, height = height, width
+        return VideoInfo(width=width, height=height, fps=fps, duration=duration, has_audio=bool(container.streams.audio))
+
+
+def _stream_rotation(container: av.container.InputContainer) -> int:
+    """Rotation in degrees of the first video stream, from its display matrix (0 if unknown)."""
+    for frame in container.decode(video=0):
+        return int(getattr(frame, "rotation", 0) or 0)
+    return 0
+
+
+def round_half_even(value: float) -> int:
+    """Round as ``numpy.round`` does (halves to even), which the contract's frame-index rule uses."""
+    return int(np.round(value))
+
+
+def resample_indices(num_source: int, source_fps: float, target_fps: float) -> np.ndarray:
+    """Source frame index for every output frame, resampling by nearest frame.
+
+    Contract ("Size, frame rate, segments"): output frame ``t`` for ``t = 0 .. floor(n / source_fps *
+    target_fps) - 1`` takes source frame ``round(t / target_fps * source_fps)``, clipped to the last frame.
+    """
+    num_output = math.floor(num_source / source_fps * target_fps + 1e-9)
+    t = np.arange(num_output)
+    return np.minimum(np.round(t / target_fps * source_fps).astype(np.int64), num_source - 1)
+
+
+def _decoded_frames(container: av.container.InputContainer) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(time in seconds, RGB frame)`` for every frame of the first video stream, rotation applied."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        image = frame.to_ndarray(format="rgb24")
+        # The display matrix gives the counter-clockwise rotation needed to show the frame upright.
+        rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+        if rotation:
+            image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+        yield float(frame.pts * stream.time_base), image
+
+
+def read_video(
+    path: str | Path,
+    *,
+    fps: float | None = 30.0,
+    start: float = 0.0,
+    end: float | None = None,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
+    max_side: int = MAX_FRAME_SIDE,
+    progress: ProgressCallback | None = None,
+) -> Clip:
+    """Decode a whole clip into memory at ``size``; see `iter_video` for the arguments.
+
+    Returns:
+        The decoded clip.
+    """
+    info = probe_video(path)
+    frames = list(iter_video(path, fps=fps, start=start, end=end, max_seconds=max_seconds, size=size, max_side=max_side, progress=progress))
+    return Clip(
+        frames=np.stack(frames),
+        fps=float(fps or info.fps),
+        source_size=(info.height, info.width),
+        start=float(start),
+    )
+
+
+def iter_video(
+    path: str | Path,
+    *,
+    fps: float | None = 30.0,
+    start: float = 0.0,
+    end: float | None = None,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
+    max_side: int = MAX_FRAME_SIDE,
+    progress: ProgressCallback | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode a video as a stream, resampling to ``fps`` and resizing each frame as it arrives.
+
+    The clip is never held at its source size: each decoded frame is resized to ``size`` before it is
+    yielded, so a 4K clip costs one source frame at a time. Decoding the same file twice with the same
+    arguments yields the same frames.
+
+    Args:
+        path: Any file FFmpeg reads (mp4, mov, webm, mkv, ...); rotation metadata is applied.
+        fps: Output frame rate (nearest-frame resampling, see `resample_indices`); ``None`` keeps every
+            source frame at the source's average rate.
+        start: First second of the source to use.
+        end: Last second (exclusive) of the source to use; ``None`` for the end of the file.
+        max_seconds: Longest accepted clip after trimming; ``None`` for no limit.
+        size: ``(height, width)`` to resize every frame to, or a function of the source ``(height, width)``
+            returning it; ``None`` keeps the source size.
+        max_side: Largest accepted source side in pixels.
+        progress: Called as frames are decoded.
+
+    Yields:
+        RGB uint8 frames.
+
+    Raises:
+        WanAnimateError: Unreadable or empty file, clip over ``max_seconds``, or frames over ``max_side``.
+    """
+    info = probe_video(path)
+    if max(info.width, info.height) > max_side:
+        raise WanAnimateError(
+            f"The video is {info.width}x{info.height}; the largest side accepted is {max_side} px. "
+            "Downscale it (e.g. to 1080p) and try again."
+        )
+    if start < 0 or (end is not None and end <= start):
+        raise WanAnimateError(f"Invalid trim: start {start:.2f} s, end {end} s. The end must come after the start.")
+    clip_end = info.duration if end is None else min(end, info.duration)
+    if max_seconds is not None and clip_end - start > max_seconds + 1e-6:
+        raise WanAnimateError(
+            f"The clip is {clip_end - start:.1f} s long; the limit is {max_seconds:g} s. "
+            "Trim it with the start and end settings."
+        )
+    target_size = size(info.height, info.width) if callable(size) else size
+
+    def resized(image: np.ndarray) -> np.ndarray:
+        if target_size is None or image.shape[:2] == tuple(target_size):
+            return image
+        interpolation = cv2.INTER_AREA if target_size[0] < image.shape[0] else cv2.INTER_LINEAR
+        return cv2.resize(image, (target_size[1], target_size[0]), interpolation=interpolation)
+
+    source_fps = info.fps
+    expected = max(1, round((clip_end - start) * (fps or source_fps)))
+    emitted = 0  # output frames yielded
+    seen = 0  # source frames in range so far
+    # Recent source frames that a pending output frame may still take: [index, frame, resized frame or None].
+    window: deque[list] = deque()
+
+    def take(index: int) -> np.ndarray:
+        for entry in window:
+            if entry[0] == index:
+                if entry[2] is None:
+                    entry[2] = resized(entry[1])
+                return entry[2]
+        raise AssertionError(f"source frame {index} left the window too early")
+
+    with _open(path) as container:
+        if start > 0:
+            container.seek(int(start * av.time_base), backward=True, any_frame=False)
+        for time, image in _decoded_frames(container):
+            if time < start - 1e-6:
+                continue
+            if end is not None and time >= end - 1e-6:
+                break
+            if max_seconds is not None and time - start > max_seconds + 1.0:
+                raise WanAnimateError(
+                    f"The clip is longer than {max_seconds:g} s. Trim it with the start and end settings."
+                )
+            seen += 1
+            if fps is None:
+                yield resized(image)
+                emitted += 1
+            else:
+                window.append([seen - 1, image, None])
+                # Streamed `resample_indices`: output frame t takes source frame round(t / fps * source_fps).
+                # It is emitted once that frame has arrived and t is sure to be inside the final count
+                # floor(n / source_fps * fps), which can only grow with n. Variable-frame-rate files are
+                # indexed at their average rate, as upstream does.
+                while emitted < math.floor(seen / source_fps * fps + 1e-9):
+                    index = round_half_even(emitted / fps * source_fps)
+                    if index >= seen:
+                        break
+                    yield take(index)
+                    emitted += 1
+                oldest_needed = round_half_even(emitted / fps * source_fps)
+                while len(window) > 1 and window[0][0] < oldest_needed:
+                    window.popleft()
+            if progress is not None:
+                progress(min(emitted, expected), expected, "Decoding video")
+    if seen == 0:
+        raise WanAnimateError(f"{Path(path).name} has no frames in the chosen range.")
+    if fps is not None:
+        num_output = max(1, math.floor(seen / source_fps * fps + 1e-9))
+        while emitted < num_output:  # indices past the end are clipped to the last frame
+            yield take(min(round_half_even(emitted / fps * source_fps), seen - 1))
+            emitted += 1
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray] | np.ndarray,
+    fps: float,
+    *,
+    audio_source: str | Path | None = None,
+    audio_start: float = 0.0,
+    crf: int = 18,
+) -> Path:
+    """Encode frames as H.264 (yuv420p, faststart) in an mp4 that browsers play, with optional sound.
+
+    Args:
+        path: Output ``.mp4`` path; written to a temporary name first so a failure leaves nothing behind.
+        frames: RGB uint8 frames, all the same size with even sides.
+        fps: Frame rate to write; must equal the conditioning's rate so motion keeps its speed.
+        audio_source: A media file whose first audio stream is carried over (re-encoded to AAC), if it has one.
+        audio_start: Second of ``audio_source`` at which the video's first frame starts.
+        crf: x264 quality (lower is better; 18 is visually lossless).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
+    rate = _rate(fps)
+    try:
+        with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
+            video = output.add_stream("libx264", rate=rate)
+            video.pix_fmt = "yuv420p"
+            video.options = {"crf": str(crf), "preset": "medium"}
+            # Streams must all exist before the first packet is written.
+            audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
+            count = 0
+            for frame in frames:
+                if count == 0:
+                    height, width = frame.shape[:2]
+                    if height % 2 or width % 2:
+                        raise ValueError(f"H.264 in yuv420p needs even frame sides, got {width}x{height}")
+                    video.width, video.height = width, height
+                for packet in video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    output.mux(packet)
+                count += 1
+            if count == 0:
+                raise ValueError("write_video needs at least one frame")
+            for packet in video.encode():
+                output.mux(packet)
+            if audio is not None:
+                _copy_audio(output, audio, audio_source, audio_start, count / float(rate))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _add_audio_stream(output: av.container.OutputContainer, source: str | Path) -> av.audio.stream.AudioStream | None:
+    """Add an AAC stream shaped like ``source``'s first audio stream, or return ``None`` if it has no sound."""
+    with av.open(str(source)) as container:
+        if not container.streams.audio:
+            return None
+        context = container.streams.audio[0].codec_context
+        stream = output.add_stream("aac", rate=context.sample_rate or 48000)
+        stream.layout = "stereo" if (context.channels or 2) >= 2 else "mono"
+        return stream
+
+
+def _copy_audio(
+    output: av.container.OutputContainer,
+    out_stream: av.audio.stream.AudioStream,
+    source: str | Path,
+    start: float,
+    duration: float,
+) -> None:
+    """Re-encode ``source``'s first audio stream from ``start`` for ``duration`` seconds into ``out_stream``."""
+    sample_rate = out_stream.codec_context.sample_rate
+    layout = out_stream.layout.name
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+    first_sample = round(start * sample_rate)
+    wanted = round(duration * sample_rate)
+    written = 0
+    with av.open(str(source)) as container:
+        in_stream = container.streams.audio[0]
+        if start > 0:
+            container.seek(int(start * av.time_base), backward=True, any_frame=False)
+        for frame in container.decode(in_stream):
+            if frame.pts is None:
+                continue
+            chunk_start = round(float(frame.pts * in_stream.time_base) * sample_rate)
+            for chunk in resampler.resample(frame):
+                samples = chunk.to_ndarray()
+                skip = max(0, first_sample - chunk_start)
+                chunk_start += samples.shape[1]
+                keep = min(samples.shape[1] - skip, wanted - written)
+                if keep <= 0:
+                    continue
+                piece = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[:, skip : skip + keep]), format="fltp", layout=layout
+                )
+                piece.sample_rate = sample_rate
+                piece.pts = written
+                for packet in out_stream.encode(piece):
+                    output.mux(packet)
+                written += keep
+            if written >= wanted:
+                break
+    for packet in out_stream.encode(None):
+        output.mux(packet)
+
+
+def write_side_by_side(
+    path: str | Path,
+    left: np.ndarray,
+    right: np.ndarray,
+    fps: float,
+    *,
+    audio_source: str | Path | None = None,
+    audio_start: float = 0.0,
+) -> Path:
+    """Write ``left | right`` as one video, both scaled to the same height (the driving clip beside the result).
+
+    Both clips must have the same number of frames.
+    """
+    if len(left) != len(right):
+        raise ValueError(f"side by side needs equal frame counts, got {len(left)} and {len(right)}")
+    height = right.shape[1]
+
+    def fit(frame: np.ndarray) -> np.ndarray:
+        width = max(2, round(frame.shape[1] * height / frame.shape[0] / 2) * 2)
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+    pairs = (np.concatenate([fit(a), fit(b)], axis=1) for a, b in zip(left, right))
+    return write_video(path, pairs, fps, audio_source=audio_source, audio_start=audio_start)
+
+
+def read_image(path: str | Path, *, max_side: int = MAX_FRAME_SIDE * 2) -> np.ndarray:
+    """Read a photo as RGB uint8: EXIF orientation applied, alpha composited on white, any mode converted.
+
+    Raises:
+        WanAnimateError: Missing or unreadable file, not an image, or larger than ``max_side``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WanAnimateError(f"Image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise WanAnimateError(f"Could not read {path.name} as an image ({error}). Use a JPEG, PNG or WebP photo.") from error
+    if max(image.size) > max_side:
+        raise WanAnimateError(f"The photo is {image.width}x{image.height}; the largest side accepted is {max_side} px.")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL image mode to an RGB uint8 array (alpha composited onto `ALPHA_BACKGROUND`)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale the used range down to 8 bits instead of clipping it.
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() if values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def has_alpha(path: str | Path) -> bool:
+    """Whether a photo has a transparency channel (the app tells the user it was composited)."""
+    with Image.open(path) as image:
+        return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
