@@ -47,6 +47,7 @@ from wan_animate.presets import (
     draft_settings,
     draft_span,
     ensure_fast_lora,
+    ensure_relighting_lora,
     estimate_frames,
     estimate_generation_seconds,
     estimate_preprocess_seconds,
@@ -86,6 +87,7 @@ class AppConfig:
         fp8: Store transformer weights in fp8.
         allow_cpu: Allow running without CUDA (tiny test models).
         fast_lora: Few-step LoRA (``hub/repo::file`` or a file) that enables the fast preset and drafts.
+        relight_lora: Relighting LoRA (file, folder or hub id); ``None`` = the official file from the hub.
         gpu_concurrency: GPU jobs run at once.
         preprocess_concurrency: Extractions run at once.
         max_queue: Longest queue before new jobs are turned away.
@@ -103,6 +105,7 @@ class AppConfig:
     fp8: bool = False
     allow_cpu: bool = False
     fast_lora: str | None = None
+    relight_lora: str | None = None
     gpu_concurrency: int = 1
     preprocess_concurrency: int = 2
     max_queue: int = 20
@@ -637,9 +640,11 @@ class Studio:
                 if cancel.is_set():
                     raise GenerationCancelled("Stopped before it started.")
                 pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=report)
-                if self.fast_available:
-                    with self._lora_lock:
+                with self._lora_lock:
+                    if self.fast_available:
                         ensure_fast_lora(pipeline, self.config.fast_lora)
+                    if self.config.relight_lora and job.record.mode == "replace":
+                        ensure_relighting_lora(pipeline, self.config.relight_lora)
                 name = uuid.uuid4().hex[:8]
                 result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=report, cancel=cancel)
         finally:
@@ -679,6 +684,7 @@ class Studio:
             "steps": settings.num_inference_steps,
             "guidance": settings.guidance_scale,
             "overlap": settings.overlap_frames,
+            "lora_weights": dict(settings.lora_weights),
             "report": job.record.report,
         }
 
@@ -893,9 +899,9 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         if replace:
             with gr.Row():
                 mask_inputs = [
-                    gr.Slider(1, 31, value=7, step=2, label="Mask dilation kernel (px)"),
-                    gr.Slider(0, 10, value=3, step=1, label="Mask dilation iterations"),
-                    gr.Slider(1, 32, value=1, step=1, label="Blockify grid (1 = whole box)"),
+                    gr.Slider(1, 31, value=7, step=2, label="Mask dilation kernel (px)", elem_id=f"{mode}-mask-kernel"),
+                    gr.Slider(0, 10, value=3, step=1, label="Mask dilation iterations", elem_id=f"{mode}-mask-iterations"),
+                    gr.Slider(1, 32, value=1, step=1, label="Blockify grid (1 = whole box)", elem_id=f"{mode}-blockify"),
                 ]
     with gr.Row():
         extract = gr.Button("1. Extract", variant="secondary", elem_id=f"{mode}-extract")
@@ -1037,6 +1043,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     parser.add_argument("--fp8", action="store_true", default=env("WAN_ANIMATE_FP8", "") == "1", help="Store transformer weights in fp8 (env WAN_ANIMATE_FP8=1).")
     parser.add_argument("--allow-cpu", action="store_true", default=env("WAN_ANIMATE_ALLOW_CPU", "") == "1", help="Allow running without CUDA (only for tiny test models).")
     parser.add_argument("--fast-lora", default=env("WAN_ANIMATE_FAST_LORA"), help="Few-step LoRA (hub/repo::file.safetensors or a file) for the fast preset and drafts (env WAN_ANIMATE_FAST_LORA).")
+    parser.add_argument("--relight-lora", default=env("WAN_ANIMATE_RELIGHT_LORA"), help="Local relighting_lora.ckpt (or folder / hub id) instead of the hub file (env WAN_ANIMATE_RELIGHT_LORA).")
     parser.add_argument("--gpu-concurrency", type=int, default=int(env("WAN_ANIMATE_GPU_CONCURRENCY", "1")), help="GPU jobs at once (default 1).")
     parser.add_argument("--preprocess-concurrency", type=int, default=int(env("WAN_ANIMATE_PREPROCESS_CONCURRENCY", "2")), help="Extractions at once (default 2).")
     parser.add_argument("--max-queue", type=int, default=int(env("WAN_ANIMATE_MAX_QUEUE", "20")), help="Longest queue (default 20).")
@@ -1046,7 +1053,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     config = AppConfig(
         model=args.model, detector=args.detector, pose_model=args.pose_model, sam2=args.sam2,
         memory_mode=args.memory_mode, dtype=args.dtype, fp8=args.fp8, allow_cpu=args.allow_cpu,
-        fast_lora=args.fast_lora, gpu_concurrency=max(1, args.gpu_concurrency),
+        fast_lora=args.fast_lora, relight_lora=args.relight_lora, gpu_concurrency=max(1, args.gpu_concurrency),
         preprocess_concurrency=max(1, args.preprocess_concurrency), max_queue=max(1, args.max_queue),
         work_dir=args.work_dir, preload=args.preload,
     )

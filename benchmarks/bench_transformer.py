@@ -85,7 +85,7 @@ DTYPE = torch.bfloat16
 
 def reset_peak() -> None:
     if DEVICE == "cuda":
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_gib() -> float:

@@ -28,8 +28,8 @@ def _path(output) -> Path:
     return Path(output["video"] if isinstance(output, dict) else output)
 
 
-def _video(path: Path) -> dict:
-    return {"video": handle_file(str(path))}
+def _video(path: Path):
+    return handle_file(str(path))
 
 
 def _check_result(result_path, side_path, frames: int) -> tuple[dict, dict]:
@@ -97,20 +97,26 @@ def test_one_call_endpoints(client, e2e_media, api_name):  # noqa: F811
     assert details["seed"] == 11 and details["job_id"] == job_id and details["report"]["frames"] == 20
 
 
-def test_draft_renders_the_first_segment_at_480p(client, e2e_media):  # noqa: F811
+def test_draft_renders_the_first_segment_at_480p_with_the_fast_preset(client, e2e_media):  # noqa: F811
     video, side, summary, details, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "30", False, "",
         "quality", STEPS, 5, 1.0, 1, False, api_name="/animate_draft",
     )
     result, _ = _check_result(video, side, 77)
     assert result["width"] * result["height"] <= 64 * 64  # the (test-shrunk) 480p area, not 720p's
+    assert details["steps"] == 4  # the app has a few-step LoRA, so drafts use the fast preset
+
+
+def test_fast_preset_switches_the_few_step_lora_on(client, e2e_media):  # noqa: F811
+    *_, job_id = client.predict(
+        handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, 0.3, "480p", "30", False, "",
+        api_name="/extract_animation",
+    )
+    video, side, summary, details = client.predict(job_id, "fast", 4, 1, 1.0, 1, False, api_name="/animate")
+    _check_result(video, side, 9)
+    assert details["steps"] == 4 and details["lora_weights"] == {"fast": 1.0}
 
 
 def test_generate_without_extraction_says_what_to_do(client):
     with pytest.raises(AppError, match="Extract"):
         client.predict("", "quality", STEPS, -1, 1.0, 1, False, api_name="/animate")
-
-
-def test_fast_preset_needs_a_few_step_lora(client):
-    with pytest.raises(AppError, match="fast-lora"):
-        client.predict("animate-" + "0" * 32, "fast", 4, -1, 1.0, 1, False, api_name="/animate")

@@ -9,7 +9,7 @@ models with a ``_cp_plan``; `WanAnimateTransformer3DModel` has none, so `context
 
 The plan follows diffusers' `WanTransformer3DModel._cp_plan` (split the rotary table and the tokens entering
 the first block, gather after ``proj_out``; the text and image cross-attention stays local because every rank
-has the whole context). Two parts of Animate need more:
+has the whole context). Three parts need more than diffusers' plan format gives:
 
 * The face adapter (after every 5th block) reshapes its queries to ``(frames, tokens per frame)`` and lets
   the tokens of latent frame f attend only to the motion tokens of frame f. A rank's equal share of the
@@ -20,6 +20,9 @@ has the whole context). Two parts of Animate need more:
 * LoRA adapters (the relighting LoRA, ``head.head``) can wrap ``proj_out`` after parallelism was enabled;
   the gather must then sit on the wrapper, or the LoRA's update (local tokens) and the gathered base output
   (all tokens) do not add up. `_TransformerForwardHook` moves it before each forward.
+* Token counts that do not divide by N (most aspect ratios at 8 GPUs): diffusers' gather for them calls
+  ``all_gather`` with unequal shapes, which gloo refuses; `_GatherTokensHook` pads every share to the
+  longest instead, so the same code runs over NCCL and over gloo on CPUs (the tests).
 
 The pose patch tokens are added to the video tokens before the split, and the reference frame is simply
 latent frame 0, so both need nothing.
@@ -35,7 +38,6 @@ cancellation (or an error in rank 0's progress callback) stops all ranks at the 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import threading
@@ -49,8 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers import ContextParallelConfig
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.context_parallel import _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+from diffusers.models._modeling_parallel import ContextParallelInput
 
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
@@ -64,7 +65,7 @@ logger = logging.getLogger("wan_animate")
 
 OUTPUT_MODULE = "proj_out"
 """The last module that sees the tokens as a sequence; its output is gathered from all ranks."""
-_OUTPUT_HOOK = _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format(OUTPUT_MODULE)
+_GATHER_HOOK = "wan_animate_cp_gather"
 _FACE_HOOK = "wan_animate_cp_face_adapter"
 _FORWARD_HOOK = "wan_animate_cp_forward"
 
@@ -81,18 +82,17 @@ _BACKENDS_WITHOUT_LSE = frozenset({"native", "_native_math", "_native_efficient"
 
 
 def context_parallel_plan() -> dict[str, Any]:
-    """The context-parallel plan of `WanAnimateTransformer3DModel` for diffusers' `enable_parallelism`.
+    """The splitting part of the context-parallel plan of `WanAnimateTransformer3DModel` (diffusers' format).
 
-    Mirrors ``WanTransformer3DModel._cp_plan``: the rotary table ``(1, S, 1, D)`` is split along the tokens
-    after it is computed, the tokens ``(B, S, C)`` are split on entering the first block, and ``proj_out``'s
-    output is gathered. ``timestep`` is not split: Animate's is one value per sample. The face adapter is
-    not in the plan (it is handled by a hook, see `enable_context_parallel`).
+    As in ``WanTransformer3DModel._cp_plan``: the rotary table ``(1, S, 1, D)`` is split along the tokens
+    after it is computed, and the tokens ``(B, S, C)`` on entering the first block. ``timestep`` is not
+    split (Animate's is one value per sample). The gather after ``proj_out`` and the face adapter are
+    hooks added by `enable_context_parallel` (see the module docstring for why).
     """
     rotary = ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)
     return {
         "rope": {0: rotary, 1: rotary},
         "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
-        OUTPUT_MODULE: ContextParallelOutput(gather_dim=1, expected_dims=3),
     }
 
 
@@ -132,14 +132,35 @@ class _TokenLayout:
     frames: int = 0
     tokens_per_frame: int = 0
 
+    @property
+    def tokens(self) -> int:
+        """Video tokens of the whole sequence."""
+        return self.frames * self.tokens_per_frame
+
+
+def _any_length(config: ContextParallelConfig) -> bool:
+    return bool(config.ulysses_anything or config.ring_anything)
+
 
 class _TransformerForwardHook(ModelHook):
-    """Before each transformer forward: record the token layout and keep the gather on the outer ``proj_out``."""
+    """Before each transformer forward: record the token layout and keep the gather on the outer ``proj_out``.
 
-    def __init__(self, layout: _TokenLayout, patch_size: tuple[int, int, int]) -> None:
+    PEFT replaces ``proj_out`` by a LoRA wrapper when a LoRA that targets it (``head.head``, e.g. the
+    relighting LoRA) is loaded, and puts the plain Linear back when it is unloaded. The LoRA's update is
+    computed from the wrapper's (local) input, so the gather must follow whichever module is outermost.
+    """
+
+    def __init__(self, layout: _TokenLayout, config: ContextParallelConfig, gather: "_GatherTokensHook", patch_size: tuple[int, int, int]) -> None:
         super().__init__()
         self.layout = layout
+        self.config = config
+        self.gather = gather
+        self.gather_holder: torch.nn.Module | None = None
         self.patch_size = patch_size
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._place_gather(module)
+        return module
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         latents = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -147,26 +168,42 @@ class _TransformerForwardHook(ModelHook):
         _, _, frames, height, width = latents.shape
         self.layout.frames = frames // p_t
         self.layout.tokens_per_frame = (height // p_h) * (width // p_w)
-        _keep_output_gather_outermost(module)
+        # Refuse a split that diffusers' sharder would only assert on.
+        token_span(self.layout.tokens, self.config._flattened_mesh.size(), 0, _any_length(self.config))
+        self._place_gather(module)
         return args, kwargs
 
+    def _place_gather(self, transformer: torch.nn.Module) -> None:
+        outer = getattr(transformer, OUTPUT_MODULE)
+        if outer is self.gather_holder:
+            return
+        if self.gather_holder is not None:
+            HookRegistry.check_if_exists_or_initialize(self.gather_holder).remove_hook(_GATHER_HOOK, recurse=False)
+        HookRegistry.check_if_exists_or_initialize(outer).register_hook(self.gather, _GATHER_HOOK)
+        self.gather_holder = outer
 
-def _keep_output_gather_outermost(transformer: torch.nn.Module) -> None:
-    """Move the output gather onto whatever module is ``transformer.proj_out`` now (a LoRA wrapper after
-    PEFT injected one, the plain Linear again after the LoRA was unloaded)."""
-    outer = getattr(transformer, OUTPUT_MODULE)
-    if HookRegistry.check_if_exists_or_initialize(outer).get_hook(_OUTPUT_HOOK) is not None:
-        return
-    gather = None
-    for module in outer.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if module is not outer and registry is not None and registry.get_hook(_OUTPUT_HOOK) is not None:
-            gather = registry.get_hook(_OUTPUT_HOOK)
-            registry.remove_hook(_OUTPUT_HOOK, recurse=False)
-            break
-    if gather is None:
-        raise RuntimeError("The context-parallel output gather of proj_out was lost; enable parallelism again.")
-    HookRegistry.check_if_exists_or_initialize(outer).register_hook(gather, _OUTPUT_HOOK)
+
+class _GatherTokensHook(ModelHook):
+    """After ``proj_out``: all ranks' tokens ``(B, S_local, C)`` -> the whole sequence ``(B, S, C)``.
+
+    diffusers' "anything" gather calls ``all_gather`` with unequal shapes, which gloo refuses; here every
+    share is padded to the longest (the shares are known from the layout, so no sizes are exchanged).
+    """
+
+    def __init__(self, layout: _TokenLayout, config: ContextParallelConfig) -> None:
+        super().__init__()
+        self.layout = layout
+        self.config = config
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        mesh = self.config._flattened_mesh
+        world_size = mesh.size()
+        spans = [token_span(self.layout.tokens, world_size, rank, _any_length(self.config)) for rank in range(world_size)]
+        longest = max(end - start for start, end in spans)
+        local = F.pad(output, (0, 0, 0, longest - output.shape[1])).contiguous()
+        shares = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(shares, local, group=mesh.get_group())
+        return torch.cat([share[:, : end - start] for share, (start, end) in zip(shares, spans)], dim=1)
 
 
 class _FaceAdapterOnLocalTokensHook(ModelHook):
@@ -187,9 +224,8 @@ class _FaceAdapterOnLocalTokensHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, *args, **kwargs):
         mesh = self.config._flattened_mesh
         rank = dist.get_rank(mesh.get_group())
-        total = self.layout.frames * self.layout.tokens_per_frame
-        any_length = self.config.ulysses_anything or self.config.ring_anything
-        start, end = token_span(total, mesh.size(), rank, any_length)
+        total = self.layout.tokens
+        start, end = token_span(total, mesh.size(), rank, _any_length(self.config))
         if end - start != hidden_states.shape[1]:
             raise RuntimeError(
                 f"Rank {rank} holds {hidden_states.shape[1]} tokens, expected {end - start} of {total}: "
@@ -214,7 +250,8 @@ class ContextParallelOptions:
             degree. 1 (pure Ulysses) is the fastest on one NVLink host. Ring needs an attention backend
             that returns the log-sum-exp (``_native_cudnn``, ``flash``, ``_native_flash``, ``sage``).
         any_length: Allow token counts that do not divide by the number of GPUs (diffusers' "anything"
-            modes). Most 720p aspect ratios need it at 8 GPUs; it costs a size exchange per gather.
+            modes; not with both ring and Ulysses degrees above 1). Most 720p aspect ratios need it at 8
+            GPUs.
         attention_backend: diffusers attention backend to set first, or ``None`` to keep the current one.
     """
 
@@ -330,7 +367,8 @@ def enable_context_parallel(pipeline: Any, options: ContextParallelOptions | Non
             _FaceAdapterOnLocalTokensHook(layout, config), _FACE_HOOK
         )
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(
-        _TransformerForwardHook(layout, tuple(transformer.config.patch_size)), _FORWARD_HOOK
+        _TransformerForwardHook(layout, config, _GatherTokensHook(layout, config), tuple(transformer.config.patch_size)),
+        _FORWARD_HOOK,
     )
     logger.info(
         "Context parallelism on %d ranks (Ulysses %d x ring %d%s, attention backend %s)",
@@ -527,7 +565,7 @@ def share_job(
 
 
 def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePipeline"]) -> int:
-    """On ranks 1..N-1: run every job the leader shares until it calls `stop_followers`.
+    """On ranks 1..N-1: run every job the leader shares until it calls `shutdown`.
 
     For each job it gets the pipeline from ``pipeline()`` (cache it: it is called per job; load it exactly
     as the leader does, LoRAs included), enables context parallelism, and runs `generate` with the job's
@@ -558,25 +596,15 @@ def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePi
             logger.exception("Rank %d: job failed", parallel.rank)
 
 
-def stop_followers(parallel: ParallelContext | None) -> None:
-    """On the leader: let `run_follower` return on every other rank (at exit of the app or the CLI)."""
-    if parallel is not None and parallel.is_leader:
-        _broadcast(parallel, _STOP)
-
-
 def shutdown(parallel: ParallelContext | None) -> None:
-    """Stop the followers (on the leader) and leave the process group (on every rank)."""
+    """At exit of the app or the CLI, on every rank: the leader lets `run_follower` return on the other ranks,
+    then each rank leaves the process group. Call it once per rank; nothing happens with ``None``."""
     if parallel is None:
         return
-    stop_followers(parallel)
+    if parallel.is_leader:
+        _broadcast(parallel, _STOP)
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def tokens_per_gpu(height: int, width: int, segment_frames: int, world_size: int) -> float:
-    """Video tokens each GPU holds for one segment of ``height`` x ``width`` output (for logs and docs)."""
-    latent_frames = (segment_frames - 1) // 4 + 1 + 1  # + the reference frame
-    return latent_frames * math.prod((height // 16, width // 16)) / world_size
 
 
 __all__ = [
@@ -591,6 +619,5 @@ __all__ = [
     "run_follower",
     "share_job",
     "shutdown",
-    "stop_followers",
     "token_span",
 ]

@@ -98,6 +98,20 @@ def ensure_fast_lora(pipeline: "WanAnimatePipeline", spec: str) -> None:
         load_lora(pipeline, source, weight_name=file_name, adapter_name=FAST_ADAPTER, weight=0.0)
 
 
+def ensure_relighting_lora(pipeline: "WanAnimatePipeline", source: str) -> None:
+    """Load the relighting LoRA from ``source`` (a file, a folder, or a hub id), once, switched off.
+
+    Without this, generation loads the hub's ``relighting_lora.ckpt`` the first time Replacement needs it;
+    an app pointed at a local copy (or a test's tiny one) loads that instead.
+    """
+    from .generate import RELIGHT_ADAPTER
+    from .lora import load_relighting_lora
+
+    loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
+    if RELIGHT_ADAPTER not in loaded:
+        load_relighting_lora(pipeline, source, weight=0.0)
+
+
 # -- draft --------------------------------------------------------------------------------------------
 
 DRAFT_RESOLUTION: Resolution = "480p"
@@ -224,6 +238,7 @@ __all__ = [
     "draft_settings",
     "draft_span",
     "ensure_fast_lora",
+    "ensure_relighting_lora",
     "estimate_frames",
     "estimate_generation_seconds",
     "estimate_preprocess_seconds",

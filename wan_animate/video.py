@@ -80,6 +80,8 @@ def probe_video(path: str | Path) -> VideoInfo:
     with _open(path) as container:
         if not container.streams.video:
             raise WanAnimateError(f"{Path(path).name} has no video stream.")
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            raise WanAnimateError(f"{Path(path).name} is a still image, not a video. Upload the driving video here.")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
         if stream.duration is not None and stream.time_base is not None:

@@ -247,7 +247,8 @@ class Preprocessor:
 
     def _report(self, tracked: _Tracked, face_ratio: float, coverage: float | None = None) -> QualityReport:
         found = ~np.isnan(tracked.track.boxes).any(axis=1)
-        confidence = float(tracked.poses.body[found][..., 2].mean())
+        # Heatmap peaks can exceed 1 slightly; as a confidence they are read as capped at 1.
+        confidence = float(np.clip(tracked.poses.body[found][..., 2], 0.0, 1.0).mean())
         if confidence < WARN_POSE_CONFIDENCE:
             tracked.warnings.append(
                 f"Pose confidence is low ({confidence:.2f}): the skeleton may be wrong in places. "

@@ -1,0 +1,15 @@
+"""Shared fixtures of the test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Wan2.2-Animate checkpoint in the real repo's folder layout (`tests.tiny_checkpoint`)."""
+    from tests.tiny_checkpoint import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))

@@ -1,0 +1,216 @@
+"""`Preprocessor`: photo + video -> conditioning, previews and report, in both modes.
+
+The first tests replace the three models with fakes that return hand-made boxes, keypoints and masks, so the
+orchestration is checked against the contract's numbers (which canvas, which coordinates, which crop). The last
+ones run the real loaders on the tiny random models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e_fixtures import TEST_AREAS, tiny_models  # noqa: F401  (session fixture)
+from tests.media import audio_duration, video_facts, write_test_video
+from wan_animate.errors import WanAnimateError
+from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
+from wan_animate.preprocess.face import crop_faces, track_face_boxes
+from wan_animate.preprocess.keypoints import split_wholebody
+from wan_animate.preprocess.mask import PointPrompt
+from wan_animate.preprocess.sizing import letterbox, output_size
+from wan_animate.preprocess.skeleton import draw_skeleton
+
+FRAMES = 6
+
+
+def hand_made_keypoints(height: int, width: int, face_score: float = 0.9) -> np.ndarray:
+    """133 whole-body points as fixed fractions of the frame: a spread-out body and hands, a compact face."""
+    index = np.arange(133)
+    points = np.empty((133, 3))
+    points[:, 0] = (0.3 + 0.4 * ((index * 37) % 100) / 100) * width
+    points[:, 1] = (0.3 + 0.6 * ((index * 53) % 100) / 100) * height
+    points[:, 2] = 0.9
+    face = slice(23, 91)
+    points[face, 0] = (0.45 + 0.1 * ((index[face] * 7) % 17) / 17) * width
+    points[face, 1] = (0.12 + 0.1 * ((index[face] * 11) % 13) / 13) * height
+    points[face, 2] = face_score
+    return points
+
+
+class FakeDetector:
+    def __init__(self, people_per_frame=None):
+        self.people = people_per_frame
+
+    def detect(self, frames, *, score_threshold=0.5, batch_size=8):
+        out = []
+        for frame in frames:
+            h, w = frame.shape[:2]
+            count = 1 if self.people is None else self.people.pop(0)
+            boxes = [[0.2 * w, 0.1 * h, 0.8 * w, 0.95 * h, 0.9]] + [[0.0, 0.0, 0.1 * w, 0.1 * h, 0.8]] * (count - 1)
+            out.append(np.array(boxes[:count], float).reshape(-1, 5))
+        return out
+
+
+class FakePose:
+    def __init__(self, face_score=0.9):
+        self.face_score = face_score
+        self.sizes = []
+
+    def estimate(self, frames, boxes, *, batch_size=16, progress=None):
+        self.sizes += [frame.shape[:2] for frame in frames]
+        return np.stack([hand_made_keypoints(*frame.shape[:2], self.face_score) for frame in frames])
+
+
+class FakeSegmenter:
+    def __init__(self):
+        self.prompts = None
+
+    def segment(self, frames, prompts, *, progress=None):
+        self.prompts = list(prompts)
+        masks = np.zeros(frames.shape[:3], bool)
+        masks[:, 20:30, 30:40] = True
+        return masks
+
+
+def fake_preprocessor(detector=None, pose=None, segmenter=None) -> Preprocessor:
+    preprocessor = Preprocessor("unused-detector", "unused-pose", "unused-sam2")
+    # The models are cached properties: setting them replaces the lazy loading.
+    preprocessor.detector = detector or FakeDetector()
+    preprocessor.pose_estimator = pose or FakePose()
+    preprocessor.segmenter = segmenter or FakeSegmenter()
+    return preprocessor
+
+
+@pytest.fixture
+def media(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = np.clip(rng.normal(120, 40, (FRAMES, 200, 400, 3)), 0, 255).astype(np.uint8)
+    video = write_test_video(tmp_path / "driving.mp4", frames, 30.0, audio_seconds=FRAMES / 30)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((100, 80, 3), 200, np.uint8)).save(photo)
+    return {"video": video, "photo": photo, "frames": frames}
+
+
+def decoded(path):
+    from wan_animate.video import read_video
+
+    return read_video(path, fps=None, max_seconds=None).frames
+
+
+def test_animation_draws_on_the_driving_canvas_and_letterboxes(media, tmp_path, monkeypatch):
+    # Analyse at half size: keypoints must come back in the driving video's own pixels.
+    monkeypatch.setattr(prepare, "ANALYSIS_MAX_SIDE", 200)
+    pose = FakePose()
+    result = fake_preprocessor(pose=pose).prepare("animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p"))
+    cond = result.conditioning
+    size = output_size(100, 80, "480p")  # the photo's aspect
+    assert (cond.height, cond.width) == size and cond.num_frames == FRAMES and cond.fps == 30.0
+    assert set(pose.sizes) == {(100, 200)}
+    original_pose = split_wholebody(hand_made_keypoints(200, 400))
+    expected = letterbox(draw_skeleton(original_pose, (200, 400)), size)  # width from the 200x400 canvas
+    assert np.array_equal(cond.pose_frames[0], expected)
+    # Face crops come from the original frames with the contract's box.
+    boxes, found = track_face_boxes(np.repeat(original_pose.face[None], FRAMES, 0), (200, 400))
+    assert found.all()
+    frames = decoded(media["video"])
+    assert np.array_equal(cond.face_frames[2], crop_faces(frames[2:3], boxes[2:3])[0])
+    assert np.array_equal(cond.reference_image, letterbox(np.full((100, 80, 3), 200, np.uint8), size, interpolation="auto"))
+    assert cond.audio_source == media["video"]
+    # Previews a person looks at, and the conditioning folder in the upstream layout.
+    assert video_facts(result.skeleton_video)["frames"] == FRAMES
+    assert video_facts(result.face_video)["width"] == 512
+    assert (result.folder / "conditioning" / "src_pose.mp4").is_file()
+    assert result.report.person_frames == FRAMES and result.report.face_found_ratio == 1.0
+    assert result.report.mean_pose_confidence == pytest.approx(0.9)
+    assert result.mask_video is None
+
+
+def test_animation_with_retargeting_draws_on_the_output_canvas(media, tmp_path):
+    result = fake_preprocessor().prepare(
+        "animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p", retarget=True)
+    )
+    size = output_size(100, 80, "480p")
+    from wan_animate.preprocess.retarget import retarget_poses
+
+    reference = letterbox(np.full((100, 80, 3), 200, np.uint8), size, interpolation="auto")
+    reference_pose = split_wholebody(hand_made_keypoints(*reference.shape[:2]))
+    driving = split_wholebody(np.stack([hand_made_keypoints(200, 400)] * FRAMES))
+    expected = draw_skeleton(retarget_poses(reference_pose, driving).frame(0), size)
+    assert np.array_equal(result.conditioning.pose_frames[0], expected)
+
+
+def test_replacement_works_at_the_output_size(media, tmp_path):
+    segmenter = FakeSegmenter()
+    click = PointPrompt(frame=1, x=10.0, y=12.0, positive=False)
+    options = PreprocessOptions(resolution="480p", points=[click], mask_kernel=3, mask_iterations=1)
+    result = fake_preprocessor(segmenter=segmenter).prepare("replace", media["photo"], media["video"], tmp_path / "job", options)
+    cond = result.conditioning
+    size = output_size(200, 400, "480p")  # the video's aspect
+    assert (cond.height, cond.width) == size
+    assert click in segmenter.prompts and all(p.positive for p in segmenter.prompts if p != click)
+    # Dilation by a 3x3 kernel once grows the 10x10 box by one pixel; blockify 1x1 keeps it a box.
+    expected_mask = np.zeros(size, np.uint8)
+    expected_mask[19:31, 29:41] = 1
+    assert np.array_equal(cond.mask_frames[3], expected_mask)
+    frames = np.stack([letterbox(f, size, interpolation="auto") for f in decoded(media["video"])])
+    assert np.array_equal(cond.background_frames, frames * (1 - cond.mask_frames[..., None]))
+    assert np.array_equal(cond.pose_frames[0], draw_skeleton(split_wholebody(hand_made_keypoints(*size)), size))
+    assert result.report.mask_coverage == pytest.approx(144 / (size[0] * size[1]))
+    assert video_facts(result.mask_video)["frames"] == FRAMES and video_facts(result.background_video)["frames"] == FRAMES
+
+
+def test_several_people_are_reported(media, tmp_path):
+    detector = FakeDetector(people_per_frame=[2] * FRAMES)
+    result = fake_preprocessor(detector=detector).prepare("animate", media["photo"], media["video"], tmp_path / "job")
+    assert result.report.persons_seen == 2
+    assert any("2 people" in warning for warning in result.report.warnings)
+
+
+@pytest.mark.parametrize(
+    "detector,pose,message",
+    [
+        (FakeDetector(people_per_frame=[0] * FRAMES), None, "No person was found"),
+        (FakeDetector(people_per_frame=[1] + [0] * (FRAMES - 1)), None, "found in only 1 of 6 frames"),
+        (None, FakePose(face_score=0.0), "No face was found"),
+    ],
+)
+def test_problems_are_refused_and_leave_nothing_behind(media, tmp_path, detector, pose, message):
+    job = tmp_path / "job"
+    with pytest.raises(WanAnimateError, match=message):
+        fake_preprocessor(detector=detector, pose=pose).prepare("animate", media["photo"], media["video"], job)
+    assert not job.exists()
+
+
+def test_bad_inputs_are_refused(media, tmp_path):
+    preprocessor = fake_preprocessor()
+    with pytest.raises(WanAnimateError, match="still image, not a video"):
+        preprocessor.prepare("animate", media["photo"], media["photo"], tmp_path / "a")
+    with pytest.raises(WanAnimateError, match="as an image"):
+        preprocessor.prepare("animate", media["video"], media["video"], tmp_path / "b")
+    with pytest.raises(WanAnimateError, match="limit is 0.1 s"):
+        preprocessor.prepare("animate", media["photo"], media["video"], tmp_path / "c", PreprocessOptions(max_seconds=0.1))
+    with pytest.raises(WanAnimateError, match="Unknown mode"):
+        preprocessor.prepare("dance", media["photo"], media["video"], tmp_path / "d")
+    assert not any(tmp_path.glob("[abcd]"))
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_tiny_models_end_to_end(tiny_models, tmp_path, monkeypatch, mode):  # noqa: F811
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    from tests.e2e_fixtures import dancing_frames
+
+    video = write_test_video(tmp_path / "dance.mp4", dancing_frames(10), 30.0, audio_seconds=10 / 30)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(dancing_frames(1)[0]).save(photo)
+    preprocessor = Preprocessor(tiny_models.detector, tiny_models.pose, tiny_models.sam2, device="cpu")
+    result = preprocessor.prepare(mode, photo, video, tmp_path / "job", PreprocessOptions(resolution="480p"))
+    cond = result.conditioning
+    assert cond.mode == mode and cond.num_frames == 10 and cond.face_frames.shape[1:] == (512, 512, 3)
+    assert cond.pose_frames.any(), "the skeleton should have been drawn"
+    report = result.report.to_dict()
+    assert report["frames"] == 10 and report["person_frames"] == 10
+    assert 0 < report["mean_pose_confidence"] <= 1
+    if mode == "replace":
+        assert 0 < report["mask_coverage"] <= 1 and cond.mask_frames.any()
+    assert audio_duration(video) > 0 and cond.audio_source == video
