@@ -180,7 +180,8 @@ def table(path: Path) -> str:
         speedup = f"{base / r['step_s']:.2f}x" if base else "n/a"
         efficiency = f"{100 * base / r['step_s'] / r['gpus']:.0f}%" if base else "n/a"
         lines.append(
-            f"| {r['gpus']} | {r['device']} | {r['size']} ({r['tokens']}) | {r['ulysses']} x {r['ring']} | {r['backend']} "
+            f"| {r['gpus']} | {r['device']} | {r['size']} ({r['tokens']}) | {r['ulysses']} x {r['ring']}"
+            f"{' (any length)' if r['any_length'] else ''} | {r['backend']} "
             f"| {r['step_s']} | {speedup} | {efficiency} | {r['peak_gib_max']} | {r['rel_l2_vs_one_gpu']} |"
         )
     return "\n".join(lines)

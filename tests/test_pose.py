@@ -90,7 +90,7 @@ def test_loads_hub_id_downloading_only_the_pose_folder(pose_folder, monkeypatch)
 def test_missing_sources_are_user_errors(tmp_path):
     with pytest.raises(WanAnimateError, match="holds neither"):
         PoseEstimator.from_pretrained(tmp_path)
-    with pytest.raises(WanAnimateError, match="neither a file"):
+    with pytest.raises(WanAnimateError, match="neither a folder nor a Hugging Face repo id"):
         PoseEstimator.from_pretrained(tmp_path / "missing" / "model.onnx")
     build_tiny_pose_onnx(tmp_path)
     with pytest.raises(WanAnimateError, match="Unknown pose backend"):

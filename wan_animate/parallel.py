@@ -44,7 +44,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -259,6 +259,22 @@ class ContextParallelOptions:
     any_length: bool = True
     attention_backend: str | None = None
 
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "ContextParallelOptions":
+        """Options from ``WAN_ANIMATE_RING_DEGREE`` (default 1), ``WAN_ANIMATE_CP_ANY_LENGTH`` (``0`` to
+        require evenly splitting token counts; default 1) and ``WAN_ANIMATE_CP_ATTENTION_BACKEND``
+        (default: keep the backend the pipeline was loaded with). torchrun gives every rank the same
+        environment, so every rank gets the same options."""
+        try:
+            ring_degree = int(environ.get("WAN_ANIMATE_RING_DEGREE", "1"))
+        except ValueError as error:
+            raise WanAnimateError("WAN_ANIMATE_RING_DEGREE must be a whole number (1 = Ulysses only).") from error
+        return cls(
+            ring_degree=ring_degree,
+            any_length=environ.get("WAN_ANIMATE_CP_ANY_LENGTH", "1").strip().lower() not in ("0", "false", "no"),
+            attention_backend=environ.get("WAN_ANIMATE_CP_ATTENTION_BACKEND") or None,
+        )
+
 
 def _transformer_of(pipeline_or_transformer: Any) -> "WanAnimateTransformer3DModel":
     transformer = getattr(pipeline_or_transformer, "transformer", pipeline_or_transformer)
@@ -350,6 +366,11 @@ def enable_context_parallel(pipeline: Any, options: ContextParallelOptions | Non
     if options.attention_backend is not None:
         transformer.set_attention_backend(options.attention_backend)
     backend = _active_attention_backend(transformer)
+    if not _supports_context_parallel(backend):
+        raise WanAnimateError(
+            f"The attention backend '{backend}' cannot split the sequence over GPUs. Set "
+            "WAN_ANIMATE_CP_ATTENTION_BACKEND to one that can: native, _native_cudnn, _native_flash, flash or sage."
+        )
     if config.ring_degree > 1 and backend in _BACKENDS_WITHOUT_LSE:
         raise WanAnimateError(
             f"Ring attention needs an attention backend that returns the log-sum-exp; '{backend}' does not. "
@@ -375,6 +396,12 @@ def enable_context_parallel(pipeline: Any, options: ContextParallelOptions | Non
         world_size, config.ulysses_degree, config.ring_degree, ", any length" if options.any_length else "", backend,
     )
     return config
+
+
+def _supports_context_parallel(backend: str) -> bool:
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    return _AttentionBackendRegistry._is_context_parallel_available(AttentionBackendName(backend))
 
 
 def _active_attention_backend(transformer: torch.nn.Module) -> str:
@@ -438,7 +465,8 @@ def init_distributed(
     NCCL for GPU tensors and gloo for CPU tensors, plus a separate gloo group for job messages.
 
     Args:
-        options: The context-parallel split, recorded for `enable_context_parallel` on every rank.
+        options: The context-parallel split, recorded for `enable_context_parallel` on every rank;
+            `ContextParallelOptions.from_environment` when ``None``.
         timeout: How long a collective on the GPUs may wait before the run is declared hung.
 
     Returns:
@@ -446,7 +474,7 @@ def init_distributed(
     """
     if not launched_with_several_processes():
         return None
-    options = options or ContextParallelOptions()
+    options = options or ContextParallelOptions.from_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
@@ -583,7 +611,8 @@ def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePi
         message = _broadcast(parallel)
         if message == _STOP:
             return completed
-        assert isinstance(message, _Job)
+        if not isinstance(message, _Job):
+            raise RuntimeError(f"Rank {parallel.rank} got an unknown message from the leader: {message!r}")
         step, stop_all = _synchronised_steps(parallel, None, None)
         try:
             follower_pipeline = pipeline()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import WanAnimateError
+from ..hub import default_device, resolve_model_folder
 
 logger = logging.getLogger("wan_animate")
 
@@ -30,29 +31,6 @@ PERSON_LABEL = "person"
 DUPLICATE_IOU = 0.7
 """Person boxes overlapping more than this are one person seen twice by two queries: keep the higher score.
 DETR-style detectors need no NMS in general, but a duplicate would inflate ``persons_seen``."""
-
-
-def _resolve_model_folder(source: str | Path, allow_patterns: list[str], what: str) -> Path:
-    """A local folder as is, otherwise a hub repo id downloaded with only ``allow_patterns``."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(source).count("/") != 1:
-        raise WanAnimateError(f"The {what} '{source}' is neither a folder nor a Hugging Face repo id (owner/name).")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(source), allow_patterns=allow_patterns))
-    except Exception as error:  # network, auth or missing repo: the user can fix each of them
-        raise WanAnimateError(
-            f"Could not download the {what} '{source}' from the Hugging Face Hub ({error}). Check the network "
-            "connection and the repo id, or pass a local folder."
-        ) from error
-
-
-def default_device() -> str:
-    """CUDA when available, else CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class PersonDetector:
@@ -83,7 +61,7 @@ class PersonDetector:
         """
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-        folder = _resolve_model_folder(source, DETECTOR_FILES, "person detector")
+        folder = resolve_model_folder(source, DETECTOR_FILES, "person detector")
         device = device or default_device()
         try:
             processor = AutoImageProcessor.from_pretrained(folder)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import WanAnimateError
+from ..hub import default_device, resolve_model_folder
 from ..progress import ProgressCallback
-from .detect import _resolve_model_folder, default_device
 from .keypoints import BODY_INDEX
 
 logger = logging.getLogger("wan_animate")
@@ -195,7 +195,7 @@ class PersonSegmenter:
         """
         from transformers import Sam2VideoModel, Sam2VideoProcessor
 
-        folder = _resolve_model_folder(source, SAM2_FILES, "SAM2 model")
+        folder = resolve_model_folder(source, SAM2_FILES, "SAM2 model")
         device = device or default_device()
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32

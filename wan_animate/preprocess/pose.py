@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import WanAnimateError
+from ..hub import default_device, resolve_model_folder
 from ..progress import ProgressCallback
 
 logger = logging.getLogger("wan_animate")
@@ -51,11 +52,6 @@ DARK_KERNEL = 11
 """Gaussian kernel of the DARK modulation: 11 matches the sigma = 2 heatmaps ViTPose was trained on."""
 
 PoseBackend = Literal["torch", "onnxruntime"]
-
-
-def default_device() -> str:
-    """CUDA when available, else CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # -- finding the model --------------------------------------------------------------------------------
@@ -85,17 +81,7 @@ def resolve_pose_file(source: str | Path) -> Path:
             f"The folder {path} holds neither {POSE_FILE} nor {Path(POSE_FILE).name}. Pass the folder of a "
             f"download of {DEFAULT_POSE_REPO}, or the .onnx file itself."
         )
-    if path.exists() or str(source).count("/") != 1:
-        raise WanAnimateError(f"The pose model '{source}' is neither a file, a folder nor a Hugging Face repo id.")
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo_id=str(source), allow_patterns=POSE_FILES))
-    except Exception as error:  # network, auth or missing repo: the user can fix each of them
-        raise WanAnimateError(
-            f"Could not download the pose model from '{source}' ({error}). Check the network connection, or "
-            "pass a local folder or .onnx file."
-        ) from error
+    folder = resolve_model_folder(source, POSE_FILES, "pose model")
     if not (folder / POSE_FILE).is_file():
         raise WanAnimateError(f"The Hugging Face repo '{source}' has no {POSE_FILE}.")
     return folder / POSE_FILE

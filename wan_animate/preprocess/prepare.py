@@ -339,7 +339,9 @@ class Preprocessor:
         skeleton = np.stack([draw_skeleton(tracked.poses.frame(i), size) for i in range(len(frames))])
         faces = crop_faces(frames, face_boxes)
 
-        prompts = keypoint_prompts(tracked.poses.body, size) + list(options.points)
+        clicks = list(options.points)
+        # Clicked frames also get the keypoint prompts, so a lone negative click never stands alone on its frame.
+        prompts = keypoint_prompts(tracked.poses.body, size, click_frames=[p.frame for p in clicks]) + clicks
         masks = self.segmenter.segment(frames, prompts, progress=progress)
         masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
         coverage = mask_coverage(masks)
