@@ -137,13 +137,17 @@ def test_replacement_click_changes_the_mask(page, e2e_media):  # noqa: F811
     assert "Mask covers" in page.locator("#replace-report").inner_text()
     first_pixels = page.evaluate(FIRST_FRAME, "#replace-mask")
     _assert_plays(page, "#replace-mask")
+    # Control: extracting again without a click gives the very same mask pixels.
+    page.locator("#replace-extract").click()
+    first_mask = _wait_for_video(page, "#replace-mask", previous=first_mask)
+    assert page.evaluate(FIRST_FRAME, "#replace-mask") == first_pixels
     picker = page.locator("#replace-picker img")
     picker.wait_for(timeout=30_000)
 
     # A negative click (not the person) on the frame, then extract again.
     page.locator("#replace-point-label").get_by_text("Not the person").click()
     box = picker.bounding_box()
-    picker.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.3})
+    picker.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.45})  # the frame is centred in the box
     page.wait_for_function(
         "() => document.querySelector('#replace-points').innerText.includes('1 point')", timeout=30_000
     )

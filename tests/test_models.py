@@ -97,7 +97,8 @@ def test_tiny_checkpoint_has_the_real_repo_layout(tiny_checkpoint):
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
     ids = tokenizer("a person dancing").input_ids
     assert ids[-1] == 1 and 2 not in ids  # known words, eos appended
-    assert tiny_transformer_config()["text_dim"] == json.loads((tiny_checkpoint / "text_encoder" / "config.json").read_text())["d_model"]
+    text_encoder = json.loads((tiny_checkpoint / "text_encoder" / "config.json").read_text())
+    assert text_encoder["d_model"] == tiny_transformer_config()["text_dim"]
 
 
 def test_local_folder_loads_and_runs_on_cpu(cpu_pipeline):
@@ -190,9 +191,9 @@ def test_choose_memory_mode_with_custom_needs():
     needs = MemoryNeeds(none=10 * GiB, model=5 * GiB, group=2 * GiB)
     assert choose_memory_mode(11 * GiB + GiB // 2, needs)[0] == "none"
     assert choose_memory_mode(10 * GiB, needs)[0] == "model"
-    assert choose_memory_mode(2 * GiB, needs) == (
-        "sequential", "only 2.0 GiB free on the GPU, less than group offload's ~2.0 GiB peak: sequential CPU offload (slow)"
-    )
+    mode, reason = choose_memory_mode(2 * GiB, needs)
+    assert mode == "sequential"
+    assert reason == "only 2.0 GiB free on the GPU, less than group offload's ~2.0 GiB peak: sequential CPU offload (slow)"
 
 
 def test_apply_memory_mode_refuses_offloading_on_cpu_and_unknown_modes(cpu_pipeline):
@@ -472,7 +473,8 @@ def test_get_pipeline_caches_one_and_replaces_it(monkeypatch):
 
 def test_describe_runtime(tiny_checkpoint):
     assert describe_runtime(source=str(tiny_checkpoint)).startswith("Not available: No CUDA GPU found")
-    assert describe_runtime(source=str(tiny_checkpoint), dtype="int4", allow_cpu=True).startswith("Not available: Unknown dtype")
+    bad_dtype = describe_runtime(source=str(tiny_checkpoint), dtype="int4", allow_cpu=True)
+    assert bad_dtype.startswith("Not available: Unknown dtype")
     planned = describe_runtime(source=str(tiny_checkpoint), allow_cpu=True)
     assert "CPU" in planned and "not loaded yet" in planned
     try:

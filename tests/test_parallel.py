@@ -60,6 +60,40 @@ def test_frame_window_pads_to_whole_frames():
     assert frame_window(48, 72, 24) == (2, 3, 0, 0)
 
 
+def test_options_from_the_environment():
+    assert ContextParallelOptions.from_environment({}) == ContextParallelOptions(ring_degree=1, any_length=True)
+    options = ContextParallelOptions.from_environment(
+        {"WAN_ANIMATE_RING_DEGREE": "2", "WAN_ANIMATE_CP_ANY_LENGTH": "0", "WAN_ANIMATE_CP_ATTENTION_BACKEND": "_native_cudnn"}
+    )
+    assert options == ContextParallelOptions(ring_degree=2, any_length=False, attention_backend="_native_cudnn")
+
+
+def test_split_of_the_gpus():
+    from wan_animate.errors import WanAnimateError
+    from wan_animate.parallel import _context_parallel_config
+
+    eight = _context_parallel_config(8, 40, ContextParallelOptions())
+    assert (eight.ulysses_degree, eight.ring_degree, eight.ulysses_anything) == (8, 1, True)
+    mixed = _context_parallel_config(8, 40, ContextParallelOptions(ring_degree=2))
+    assert (mixed.ulysses_degree, mixed.ring_degree, mixed.ulysses_anything, mixed.ring_anything) == (4, 2, False, False)
+    with pytest.raises(WanAnimateError, match="must divide the number of GPUs"):
+        _context_parallel_config(8, 40, ContextParallelOptions(ring_degree=3))
+    with pytest.raises(WanAnimateError, match="heads to divide by 3"):
+        _context_parallel_config(3, 40, ContextParallelOptions(any_length=False))
+
+
+def test_single_process_share_job_only_draws_the_seed():
+    from wan_animate.generate import GenerationSettings
+    from wan_animate.parallel import share_job
+
+    conditioning = _conditioning("animate")
+    progress, cancel = (lambda *call: None), threading.Event()
+    job = share_job(None, conditioning, GenerationSettings(seed=None), progress=progress, cancel=cancel)
+    assert job.progress is progress and job.cancel is cancel
+    assert 0 <= job.settings.seed < 2**31
+    assert share_job(None, conditioning, GenerationSettings(seed=5)).settings.seed == 5
+
+
 # -- Two processes ------------------------------------------------------------------------------------
 
 
@@ -212,8 +246,7 @@ def _check_pipeline(parallel, report: dict) -> None:
 
 def _worker(rank: int, port: int, results) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE), CUDA_VISIBLE_DEVICES="",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE)
     )
     torch.set_num_threads(1)
     report: dict = {"rank": rank}
@@ -242,8 +275,11 @@ def reports() -> dict[int, dict]:
     results = context.Queue()
     port = _free_port()
     workers = [context.Process(target=_worker, args=(rank, port, results)) for rank in range(WORLD_SIZE)]
-    for worker in workers:
-        worker.start()
+    with pytest.MonkeyPatch.context() as patch:
+        # CPU processes even on a GPU machine: hidden before the children import torch.
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")
+        for worker in workers:
+            worker.start()
     collected = {}
     try:
         for _ in workers:

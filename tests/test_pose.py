@@ -20,13 +20,13 @@ from wan_animate.preprocess.pose import (
     POSE_FILE,
     POSE_FILES,
     PoseEstimator,
-    UnsupportedPoseGraph,
     crop_person,
     crop_region,
     dark_decode,
     heatmap_to_frame,
     normalize_crops,
 )
+from wan_animate.preprocess.vitpose_onnx import UnsupportedPoseGraph
 
 HEATMAP_TOLERANCE = 1e-4
 """Torch backend vs onnxruntime on CPU, max abs heatmap difference (observed ~8e-7; heatmaps are O(1))."""

@@ -165,41 +165,54 @@ def _generate(args: argparse.Namespace, bar: _Bar) -> int:
     from .generate import DEFAULT_PROMPT, GenerationSettings, generate_video
     from .lora import load_lora, load_relighting_lora
     from .models import DEFAULT_MODEL_ID, load_pipeline
+    from .parallel import enable_context_parallel, init_distributed, run_follower, share_job, shutdown
 
-    with tempfile.TemporaryDirectory(prefix="wan_animate_") as scratch:
-        if args.conditioning is not None:
-            conditioning = Conditioning.load(args.conditioning, mode=args.command)
-        else:
-            conditioning = _preprocess(args, args.command, Path(scratch) / "preprocess", bar).conditioning
-        pipeline = load_pipeline(
-            args.model or DEFAULT_MODEL_ID,
-            dtype=args.dtype,
-            memory_mode=args.memory_mode,
-            fp8_storage=args.fp8,
-            keep_bf16_copy=args.keep_bf16_copy,
-            allow_cpu=args.allow_cpu,
-            progress=bar,
-        )
-        if args.relight_lora:
-            load_relighting_lora(pipeline, args.relight_lora)
-        weights = {}
-        for index, spec in enumerate(args.lora):
-            source, file_name, weight = _parse_lora(spec)
-            name = load_lora(pipeline, source, weight_name=file_name, adapter_name=f"lora_{index}", weight=weight)
-            weights[name] = weight
-        settings = GenerationSettings(
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            flow_shift=args.shift,
-            seed=args.seed,
-            overlap_frames=args.overlap,
-            prompt=args.prompt or DEFAULT_PROMPT,
-            relight=args.relight,
-            relight_weight=args.relight_weight,
-            lora_weights=weights,
-            color_match=args.color_match,
-        )
-        result = generate_video(pipeline, conditioning, args.output, settings, progress=bar)
+    # Under torchrun with several GPUs, process 0 runs the command and the others follow its jobs.
+    parallel = init_distributed()
+    try:
+        with tempfile.TemporaryDirectory(prefix="wan_animate_") as scratch:
+            if parallel is None or parallel.is_leader:
+                if args.conditioning is not None:
+                    conditioning = Conditioning.load(args.conditioning, mode=args.command)
+                else:
+                    conditioning = _preprocess(args, args.command, Path(scratch) / "preprocess", bar).conditioning
+            pipeline = load_pipeline(
+                args.model or DEFAULT_MODEL_ID,
+                dtype=args.dtype,
+                memory_mode=args.memory_mode,
+                fp8_storage=args.fp8,
+                keep_bf16_copy=args.keep_bf16_copy,
+                allow_cpu=args.allow_cpu,
+                progress=bar,
+            )
+            if args.relight_lora:
+                load_relighting_lora(pipeline, args.relight_lora)
+            weights = {}
+            for index, spec in enumerate(args.lora):
+                source, file_name, weight = _parse_lora(spec)
+                name = load_lora(pipeline, source, weight_name=file_name, adapter_name=f"lora_{index}", weight=weight)
+                weights[name] = weight
+            if parallel is not None and parallel.is_follower:
+                run_follower(parallel, lambda: pipeline)
+                return 0
+            settings = GenerationSettings(
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                flow_shift=args.shift,
+                seed=args.seed,
+                overlap_frames=args.overlap,
+                prompt=args.prompt or DEFAULT_PROMPT,
+                relight=args.relight,
+                relight_weight=args.relight_weight,
+                lora_weights=weights,
+                color_match=args.color_match,
+            )
+            job = share_job(parallel, conditioning, settings, progress=bar)
+            if parallel is not None:
+                enable_context_parallel(pipeline, parallel.options)
+            result = generate_video(pipeline, conditioning, args.output, job.settings, progress=job.progress, cancel=job.cancel)
+    finally:
+        shutdown(parallel)
     bar.close()
     print(f"Wrote {result.video_path} ({len(result.frames)} frames at {result.fps:g} fps, seed {result.seed}, {result.seconds:.0f} s)")
     return 0

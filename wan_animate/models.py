@@ -52,14 +52,16 @@ _CONFIG_PATTERNS = (
 )
 
 
-# Peak GPU memory of the full-size pipeline, from the project's H100 runs of the full-size random-weight pipeline
-# (benchmarks/fullsize.py, diffusers 0.42.1, bf16 transformer and UMT5, fp32 VAE and CLIP):
+# Peak GPU memory of the full-size pipeline. Source: the project's measurements as handed to this module by the
+# lead engineer (full-size pipeline, diffusers 0.42.1, bf16 transformer and UMT5, fp32 VAE and CLIP; the random-
+# weight full-size build is benchmarks/fullsize.py); re-measure with benchmarks/ when diffusers changes:
 #   - everything on the GPU, one 77-frame 720p segment: ~62 GiB peak (bf16 transformer weights ~34 GB,
-#     UMT5-XXL ~11 GB, the rest activations, VAE and CLIP);
-#   - block-level group offloading with CUDA streams, 480p: 12.5 GiB peak.
-# Model offload keeps one whole component on the GPU at a time, so its peak is the all-on-GPU peak minus the
-# weights that are then on the CPU (UMT5 ~11 GB = 10.2 GiB, CLIP fp32 ~2.5 GB = 2.4 GiB): ~49 GiB. fp8 storage
-# halves the transformer's weights (~34 GB -> ~17 GB, -16 GiB) in the modes that keep it on the GPU.
+#     UMT5-XXL ~11 GB bf16, the rest activations, VAE and CLIP);
+#   - block-level group offloading with CUDA streams, 480p: 12.5 GiB peak. At 720p the activations grow with the
+#     pixel count (2.3x), so a card that only just fits group offload is meant for 480p.
+# Model offload (an estimate, not measured): one whole component on the GPU at a time, so at most the all-on-GPU
+# peak minus the weights then on the CPU (UMT5 ~11 GB = 10.2 GiB, CLIP fp32 ~2.5 GB = 2.4 GiB): ~49.5 GiB. fp8
+# storage halves the transformer's weights (~34 GB -> ~17 GB, -16 GiB) in the modes that keep it on the GPU.
 FULL_PEAK_ALL_ON_GPU = 62 * GiB
 FULL_PEAK_MODEL_OFFLOAD = int(49.5 * GiB)
 FULL_PEAK_GROUP_OFFLOAD = int(12.5 * GiB)
@@ -339,7 +341,9 @@ def resolve_source(
         return folder
     source = str(source)
     if not _is_repo_id(source):
-        raise WanAnimateError(f"Model folder {source} does not exist, and it is not a Hugging Face repo id (owner/name).")
+        raise WanAnimateError(
+            f"Model folder {source} does not exist, and it is not a Hugging Face repo id (owner/name)."
+        )
     return _download(source, revision, progress, allow_patterns(include_transformer_weights))
 
 

@@ -186,8 +186,9 @@ class _TransformerForwardHook(ModelHook):
 class _GatherTokensHook(ModelHook):
     """After ``proj_out``: all ranks' tokens ``(B, S_local, C)`` -> the whole sequence ``(B, S, C)``.
 
-    diffusers' "anything" gather calls ``all_gather`` with unequal shapes, which gloo refuses; here every
-    share is padded to the longest (the shares are known from the layout, so no sizes are exchanged).
+    diffusers' "anything" gather calls ``all_gather`` with unequal shapes, which NCCL accepts and gloo
+    refuses (pytorch/pytorch#156627); here every share is padded to the longest (the shares are known from
+    the layout, so no sizes are exchanged), which runs on both.
     """
 
     def __init__(self, layout: _TokenLayout, config: ContextParallelConfig) -> None:
@@ -352,7 +353,8 @@ def enable_context_parallel(pipeline: Any, options: ContextParallelOptions | Non
 
     Raises:
         WanAnimateError: torch.distributed is not initialised, the split does not fit the GPU count, the
-            attention backend cannot do ring attention, or the model is offloaded.
+            attention backend cannot split the sequence (or cannot do ring attention), or the model is not
+            on this rank's GPU (offloaded).
     """
     options = options or ContextParallelOptions()
     transformer = _transformer_of(pipeline)
@@ -393,7 +395,7 @@ def enable_context_parallel(pipeline: Any, options: ContextParallelOptions | Non
     )
     logger.info(
         "Context parallelism on %d ranks (Ulysses %d x ring %d%s, attention backend %s)",
-        world_size, config.ulysses_degree, config.ring_degree, ", any length" if options.any_length else "", backend,
+        world_size, config.ulysses_degree, config.ring_degree, ", any length" if _any_length(config) else "", backend,
     )
     return config
 
@@ -566,7 +568,10 @@ def share_job(
 
     The settings are checked and the seed is drawn here, so every rank denoises the same noise. Without
     ``parallel`` (a single process) the inputs come back unchanged apart from that, so callers need no
-    branch. Call it before `enable_context_parallel` / the generation, once per job, one job at a time.
+    branch. Once per job, one job at a time, in this order on the leader: load the pipeline (and LoRAs),
+    `share_job`, `enable_context_parallel`, generate. Loading first means a failed load shares nothing;
+    enabling after sharing matters on the first job, as enabling is collective and the followers only
+    reach it once they have the job.
 
     Args:
         parallel: From `init_distributed`, or ``None``.
@@ -595,7 +600,7 @@ def share_job(
 def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePipeline"]) -> int:
     """On ranks 1..N-1: run every job the leader shares until it calls `shutdown`.
 
-    For each job it gets the pipeline from ``pipeline()`` (cache it: it is called per job; load it exactly
+    For each job it gets the pipeline from ``pipeline()`` (called per job: load it once, at start, exactly
     as the leader does, LoRAs included), enables context parallelism, and runs `generate` with the job's
     conditioning and settings; the frames are dropped (the leader has the same). A cancelled job or a
     `WanAnimateError` ends the job on every rank alike, and any other error is logged: the leader met the

@@ -1,0 +1,54 @@
+"""``python -m wan_animate``: preprocess, generate from a folder or from raw inputs, and user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.e2e_fixtures import TEST_AREAS, dancing_frames, tiny_models  # noqa: F401  (session fixture)
+from tests.media import video_facts, write_test_video
+from wan_animate.cli import main
+from wan_animate.conditioning import Conditioning
+from wan_animate.preprocess import sizing
+
+
+def test_help_explains_every_option():
+    result = subprocess.run([sys.executable, "-m", "wan_animate", "replace", "--help"], capture_output=True, text=True, check=True)
+    for option in ("--image", "--video", "--conditioning", "--memory-mode", "--relight", "--blockify", "--color-match", "--seed"):
+        assert option in result.stdout
+    assert "Replacement: the character replaces the person" in result.stdout
+
+
+def test_preprocess_then_generate_from_the_folder(tiny_models, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    video = write_test_video(tmp_path / "dance.mp4", dancing_frames(6), 30.0, audio_seconds=0.2)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(dancing_frames(1)[0]).save(photo)
+    models = ["--detector", str(tiny_models.detector), "--pose-model", str(tiny_models.pose), "--sam2", str(tiny_models.sam2)]
+    out = tmp_path / "prepared"
+    assert main(["preprocess", "replace", "--image", str(photo), "--video", str(video), "--resolution", "480p", "-o", str(out), *models]) == 0
+    assert "Person found" in capsys.readouterr().out
+    conditioning = Conditioning.load(out / "conditioning")
+    assert conditioning.mode == "replace" and conditioning.num_frames == 6
+
+    result = tmp_path / "out.mp4"
+    code = main([
+        "replace", "--conditioning", str(out / "conditioning"), "-o", str(result), "--model", str(tiny_models.checkpoint),
+        "--allow-cpu", "--dtype", "float32", "--steps", "2", "--seed", "3", "--relight-lora", str(tiny_models.relight_lora),
+    ])
+    assert code == 0
+    assert "seed 3" in capsys.readouterr().out
+    facts = video_facts(result)
+    assert facts["frames"] == 6 and facts["has_audio"] and (facts["height"], facts["width"]) == (conditioning.height, conditioning.width)
+
+
+def test_user_errors_exit_with_a_message(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert main(["animate", "--image", str(photo), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "Give --image and --video" in capsys.readouterr().err
+    assert main(["animate", "--conditioning", str(tmp_path / "missing"), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "Conditioning folder not found" in capsys.readouterr().err
