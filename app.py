@@ -596,7 +596,7 @@ class Studio:
         record.report_markdown = (
             prepared.report.to_markdown()
             + f"\n\n**Generation** ({resolution}, 20 steps): {format_minutes(estimate)} of GPU time"
-            + f" for {record.num_frames} frames."
+            + f" for {record.num_frames} frames.\n\n<small>Job `{job.id}`</small>"
         )
         job.save()
         return prepared, job
@@ -911,17 +911,18 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop")
     status = gr.Markdown(elem_id=f"{mode}-status")
     with gr.Row():
-        skeleton = gr.Video(label="Skeleton the model follows", interactive=False, elem_id=f"{mode}-skeleton")
-        faces = gr.Video(label="Face crops", interactive=False, elem_id=f"{mode}-faces")
-        mask_video = gr.Video(label="Mask (regenerated area)", interactive=False, elem_id=f"{mode}-mask") if replace else None
-        background = gr.Video(label="Background the model keeps", interactive=False, elem_id=f"{mode}-background") if replace else None
+        preview = dict(interactive=False, height=320)
+        skeleton = gr.Video(label="Skeleton the model follows", elem_id=f"{mode}-skeleton", **preview)
+        faces = gr.Video(label="Face crops", elem_id=f"{mode}-faces", **preview)
+        mask_video = gr.Video(label="Mask (regenerated area)", elem_id=f"{mode}-mask", **preview) if replace else None
+        background = gr.Video(label="Background the model keeps", elem_id=f"{mode}-background", **preview) if replace else None
     report = gr.Markdown(elem_id=f"{mode}-report")
     with gr.Accordion("Report (JSON)", open=False):
         report_json = gr.JSON()
     job_id = gr.Textbox(visible=False, label="job_id")
     with gr.Row():
-        result = gr.Video(label="Result", interactive=False, elem_id=f"{mode}-result", buttons=["download"])
-        side_by_side = gr.Video(label="Side by side (driving | result)", interactive=False, elem_id=f"{mode}-side", buttons=["download"])
+        result = gr.Video(label="Result", interactive=False, elem_id=f"{mode}-result", buttons=["download"], height=480)
+        side_by_side = gr.Video(label="Side by side (driving | result)", interactive=False, elem_id=f"{mode}-side", buttons=["download"], height=480)
     summary = gr.Markdown(elem_id=f"{mode}-summary")
     with gr.Accordion("Details (JSON)", open=False):
         details = gr.JSON()

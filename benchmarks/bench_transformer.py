@@ -15,7 +15,7 @@ Variant names: an attention backend name (``native``, ``_native_cudnn``, ``_nati
 ``_native_efficient``, ``flex``...), or ``compile:<backend>``, ``fp8ao:<backend>``,
 ``layerwise_fp8:<backend>``, ``motion_encoder`` (the face motion encoder alone, which runs every step),
 ``steps20:<backend>`` (20-step schedule, no cache) and ``fbc:<backend>``, ``mag:<backend>``,
-``taylor:<backend>`` (20-step schedule with that cache).
+``taylor:<backend>``, ``taylorlite:<backend>`` (20-step schedule with that cache).
 """
 
 from __future__ import annotations
@@ -35,7 +35,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fullsize  # noqa: E402
 
-ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "flex", "sage", "_flash_3", "flash")
+ATTENTION_BACKENDS = (
+    "native",
+    "_native_cudnn",
+    "_native_flash",
+    "_native_efficient",
+    "flex",
+    "sage",
+    "_flash_3",
+    "flash",
+)
 SCHEDULE_STEPS = 20
 
 
@@ -262,7 +271,12 @@ class Bench:
         with torch.inference_mode():
             time_call(encode)
             timed = [time_call(encode)[0] for _ in range(self.repeats)]
-        self.record("motion_encoder", resolution, step_s=round(statistics.median(timed), 3), step_s_all=[round(t, 3) for t in timed])
+        self.record(
+            "motion_encoder",
+            resolution,
+            step_s=round(statistics.median(timed), 3),
+            step_s_all=[round(t, 3) for t in timed],
+        )
 
     def run_schedule(self, kind: str, backend: str, resolution: str) -> None:
         """A 20-step UniPC schedule as the pipeline runs it, optionally with a diffusers step cache."""
@@ -280,7 +294,20 @@ class Bench:
 
             # Placeholder ratios (1.0 = "no change"): MagCache then skips as often as max_skip_steps and
             # retention_ratio allow. Real ratios are checkpoint-dependent and must be calibrated on real weights.
-            config = MagCacheConfig(threshold=0.06, max_skip_steps=3, retention_ratio=0.2, num_inference_steps=SCHEDULE_STEPS, mag_ratios=[1.0] * SCHEDULE_STEPS)
+            config = MagCacheConfig(
+                threshold=0.06,
+                max_skip_steps=3,
+                retention_ratio=0.2,
+                num_inference_steps=SCHEDULE_STEPS,
+                mag_ratios=[1.0] * SCHEDULE_STEPS,
+            )
+        elif kind == "taylorlite":
+            from diffusers import TaylorSeerCacheConfig
+
+            # Lite mode: only proj_out's output is predicted; the blocks are skipped on cached steps.
+            config = TaylorSeerCacheConfig(
+                cache_interval=5, disable_cache_before_step=3, max_order=1, use_lite_mode=True
+            )
         elif kind == "taylor":
             from diffusers import TaylorSeerCacheConfig
 
@@ -298,7 +325,9 @@ class Bench:
         scheduler = fullsize.build_scheduler()
         scheduler.set_timesteps(SCHEDULE_STEPS, device=DEVICE)
         generator = torch.Generator(device=DEVICE).manual_seed(123)
-        latents = torch.randn(inputs.hidden_states[:, :16].shape, generator=generator, device=DEVICE, dtype=torch.float32)
+        latents = torch.randn(
+            inputs.hidden_states[:, :16].shape, generator=generator, device=DEVICE, dtype=torch.float32
+        )
         condition = inputs.hidden_states[:, 16:]
         computed = []  # the second block's feed-forward runs only on fully computed steps
         counter = model.blocks[1].ffn.net[-1].register_forward_pre_hook(lambda *_: computed.append(1))
@@ -342,7 +371,7 @@ class Bench:
             self.run_compiled(kind, backend or "_native_cudnn", resolution)
         elif kind == "motion_encoder":
             self.run_motion_encoder(resolution)
-        elif kind in ("steps20", "fbc", "mag", "taylor"):
+        elif kind in ("steps20", "fbc", "mag", "taylor", "taylorlite"):
             self.run_schedule(kind, backend or "_native_cudnn", resolution)
         else:
             raise SystemExit(f"unknown variant {variant!r}")
@@ -353,7 +382,12 @@ def shrink_for_smoke_test() -> None:
     global DEVICE, DTYPE
     DEVICE, DTYPE = "cpu", torch.float32  # bf16 convolutions are very slow on the CPU
     fullsize.TRANSFORMER_CONFIG.update(
-        num_attention_heads=2, num_layers=5, ffn_dim=256, added_kv_proj_dim=256, text_dim=64, image_dim=32,
+        num_attention_heads=2,
+        num_layers=5,
+        ffn_dim=256,
+        added_kv_proj_dim=256,
+        text_dim=64,
+        image_dim=32,
         motion_encoder_size=64,
     )
     fullsize.RESOLUTIONS.update({"480p": (32, 32), "720p": (48, 32)})

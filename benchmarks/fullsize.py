@@ -278,7 +278,11 @@ def tokens_per_step(resolution: str) -> int:
 def transformer_flops(resolution: str, config: dict = TRANSFORMER_CONFIG) -> dict[str, float]:
     """Matmul FLOPs of one denoising step (forward), split into linear layers and attention."""
     n = tokens_per_step(resolution)
-    dim, ffn, layers = config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"], config["num_layers"]
+    dim, ffn, layers = (
+        config["num_attention_heads"] * config["attention_head_dim"],
+        config["ffn_dim"],
+        config["num_layers"],
+    )
     context = TEXT_TOKENS + CLIP_TOKENS
     per_token_linear = 4 * dim * dim + 2 * dim * dim + 2 * dim * ffn  # self-attn qkvo, cross q/o, ffn
     linear = 2 * n * per_token_linear * layers + 2 * context * 4 * dim * dim * layers  # + cross k/v (text, image)
@@ -288,7 +292,11 @@ def transformer_flops(resolution: str, config: dict = TRANSFORMER_CONFIG) -> dic
 
 
 def make_segment_inputs(
-    resolution: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0, timestep: float = 999.0
+    resolution: str,
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    timestep: float = 999.0,
 ) -> SegmentInputs:
     """Random transformer inputs for one segment at ``resolution`` (seeded, so every variant sees the same)."""
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -182,8 +182,9 @@ def _serve(config):
 
 
 @pytest.fixture(scope="session")
-def served_app(tiny_models, tmp_path_factory):
-    """The app on localhost with the confident tiny models, CPU allowed, small frames. Yields its URL."""
+def served_demo(tiny_models, tmp_path_factory):
+    """The app served on localhost with the confident tiny models, CPU allowed, small frames (the Blocks; its
+    actions are ``demo.studio``)."""
     from wan_animate.preprocess import sizing
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -203,13 +204,19 @@ def served_app(tiny_models, tmp_path_factory):
         dtype="float32",
         work_dir=tmp_path_factory.mktemp("jobs"),
     )
-    demo, url = _serve(config)
+    demo, _ = _serve(config)
     try:
-        yield url
+        yield demo
     finally:
         demo.close()
         sizing.RESOLUTION_AREAS.clear()
         sizing.RESOLUTION_AREAS.update(saved)
+
+
+@pytest.fixture(scope="session")
+def served_app(served_demo) -> str:
+    """The URL of `served_demo`."""
+    return served_demo.local_url
 
 
 @pytest.fixture(scope="module")

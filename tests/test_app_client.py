@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import types
+
+import gradio as gr
 import pytest
+import spaces
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.e2e_fixtures import DRIVING_FRAMES, e2e_media, served_app, tiny_models  # noqa: F401  (fixtures)
+from tests.e2e_fixtures import DRIVING_FRAMES, e2e_media, served_app, served_demo, tiny_models  # noqa: F401  (fixtures)
 from tests.media import audio_duration, video_facts
 
 STEPS = 2
@@ -120,3 +124,48 @@ def test_fast_preset_switches_the_few_step_lora_on(client, e2e_media):  # noqa: 
 def test_generate_without_extraction_says_what_to_do(client):
     with pytest.raises(AppError, match="Extract"):
         client.predict("", "quality", STEPS, -1, 1.0, 1, False, api_name="/animate")
+
+
+def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e2e_media):  # noqa: F811
+    """Stop (the page's button calls `Studio.stop`) sets the running job's event; generation stops at the next
+    step. Here the progress callback presses Stop as soon as the first step is reported."""
+    studio = served_demo.studio
+    *_, job_id = client.predict(
+        handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, 0.3, "480p", "30", False, "",
+        api_name="/extract_animation",
+    )
+    request = types.SimpleNamespace(session_hash="stop-test")
+    reports = []
+
+    def press_stop_on_first_step(value, desc=None, **_):
+        reports.append(desc)
+        if desc.startswith("Segment"):
+            assert studio.stop("animate", request) == "Stopping after the current step…"
+
+    with pytest.raises(gr.Error, match="stopped"):
+        studio.animate(job_id, "quality", 5, 1, 1.0, 1, False, request=request, progress=press_stop_on_first_step)
+    assert sum(desc.startswith("Segment") for desc in reports) == 1  # no step after the one that pressed Stop
+    assert studio.stop("animate", request) == "Nothing is being generated."
+    video, *_ = studio.animate(job_id, "quality", 1, 1, 1.0, 1, False, request=request, progress=lambda *a, **k: None)
+    assert video_facts(Path(video))["frames"] == 9
+
+
+def test_gpu_actions_ask_for_time_from_the_job(served_demo, client, e2e_media):  # noqa: F811
+    """The ZeroGPU durations come from the job (frames, resolution, steps); off ZeroGPU `spaces.GPU` is a no-op."""
+    from wan_animate.generate import GenerationSettings
+    from wan_animate.presets import estimate_generation_seconds, gpu_duration
+
+    studio = served_demo.studio
+    assert spaces.GPU(duration=10)(len) is len  # not on ZeroGPU here: the app's actions are its plain methods
+    *_, job_id = client.predict(
+        handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "720p", "30", False, "",
+        api_name="/extract_animation",
+    )
+    duration = studio._duration(studio.animate, studio._generate_seconds)
+    expected = gpu_duration(estimate_generation_seconds(DRIVING_FRAMES, "720p", GenerationSettings(num_inference_steps=20)))
+    assert duration(job_id, "quality", 20, -1, 1.0, 1, False) == expected
+    assert duration(job_id, "quality", 40, -1, 1.0, 1, False) > expected
+    draft = studio._duration(studio.animate_draft, studio._draft_seconds)
+    oneshot = studio._duration(studio.animate_oneshot, studio._oneshot_seconds)
+    photo, video = str(e2e_media["photo"]), str(e2e_media["video"])
+    assert draft(photo, video) < oneshot(photo, video)  # the draft: one segment at 480p with 4 steps

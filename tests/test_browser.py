@@ -4,6 +4,7 @@ changes the Replacement mask, generate, the result plays. Screenshots go to test
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,26 @@ def _wait_for_video(page, selector: str, previous: str | None = None) -> str:
     return page.locator(f"{selector} video").get_attribute("src")
 
 
+def _job(page, mode: str) -> str | None:
+    """The job id the report names (each extraction makes a new job)."""
+    match = re.search(r"Job (\S+)", page.locator(f"#{mode}-report").inner_text())
+    return match.group(1) if match else None
+
+
+def _wait_for_extraction(page, mode: str, previous_job: str | None = None) -> str:
+    """Wait until the report names a job other than ``previous_job`` (while an extraction runs, the report only
+    shows its progress); returns the new job id."""
+    page.wait_for_function(
+        """([selector, previous]) => {
+            const match = document.querySelector(selector).innerText.match(/Job (\\S+)/);
+            return match && match[1] !== previous;
+        }""",
+        arg=[f"#{mode}-report", previous_job],
+        timeout=LONG,
+    )
+    return _job(page, mode)
+
+
 def _assert_plays(page, selector: str) -> dict:
     state = page.evaluate(PLAYS, selector)
     assert state["found"] and state["ready"] >= 2, state
@@ -107,6 +128,7 @@ def test_animation_extract_preview_generate(page, e2e_media):  # noqa: F811
     assert "CPU" in page.locator("#runtime").inner_text()
     _upload(page, "animate", e2e_media["photo"], e2e_media["short_video"])
     page.locator("#animate-extract").click()
+    _wait_for_extraction(page, "animate")
     _wait_for_video(page, "#animate-skeleton")
     _wait_for_video(page, "#animate-faces")
     _assert_plays(page, "#animate-skeleton")
@@ -132,14 +154,15 @@ def test_replacement_click_changes_the_mask(page, e2e_media):  # noqa: F811
     _set_slider(page, "replace-mask-iterations", 0)
     _set_slider(page, "replace-blockify", 32)
     page.locator("#replace-extract").click()
-    first_mask = _wait_for_video(page, "#replace-mask")
+    first_job = _wait_for_extraction(page, "replace")
+    _wait_for_video(page, "#replace-mask")
     _wait_for_video(page, "#replace-background")
     assert "Mask covers" in page.locator("#replace-report").inner_text()
     first_pixels = page.evaluate(FIRST_FRAME, "#replace-mask")
     _assert_plays(page, "#replace-mask")
-    # Control: extracting again without a click gives the very same mask pixels.
+    # Control: extracting again without a click (a new job) gives the very same mask pixels.
     page.locator("#replace-extract").click()
-    first_mask = _wait_for_video(page, "#replace-mask", previous=first_mask)
+    control_job = _wait_for_extraction(page, "replace", first_job)
     assert page.evaluate(FIRST_FRAME, "#replace-mask") == first_pixels
     picker = page.locator("#replace-picker img")
     picker.wait_for(timeout=30_000)
@@ -153,7 +176,7 @@ def test_replacement_click_changes_the_mask(page, e2e_media):  # noqa: F811
     )
     page.screenshot(path=str(ARTIFACTS / "03_replacement_clicked.png"), full_page=True)
     page.locator("#replace-extract").click()
-    _wait_for_video(page, "#replace-mask", previous=first_mask)
+    _wait_for_extraction(page, "replace", control_job)
     # The mask changed where SAM2 follows the click (a negative click is not a person choice, so only SAM2's
     # prompts differ between the two extractions; the same mask would encode to the same pixels).
     second_pixels = page.evaluate(FIRST_FRAME, "#replace-mask")

@@ -52,19 +52,17 @@ _CONFIG_PATTERNS = (
 )
 
 
-# Peak GPU memory of the full-size pipeline. Source: the project's measurements as handed to this module by the
-# lead engineer (full-size pipeline, diffusers 0.42.1, bf16 transformer and UMT5, fp32 VAE and CLIP; the random-
-# weight full-size build is benchmarks/fullsize.py); re-measure with benchmarks/ when diffusers changes:
-#   - everything on the GPU, one 77-frame 720p segment: ~62 GiB peak (bf16 transformer weights ~34 GB,
-#     UMT5-XXL ~11 GB bf16, the rest activations, VAE and CLIP);
-#   - block-level group offloading with CUDA streams, 480p: 12.5 GiB peak. At 720p the activations grow with the
-#     pixel count (2.3x), so a card that only just fits group offload is meant for 480p.
-# Model offload (an estimate, not measured): one whole component on the GPU at a time, so at most the all-on-GPU
-# peak minus the weights then on the CPU (UMT5 ~11 GB = 10.2 GiB, CLIP fp32 ~2.5 GB = 2.4 GiB): ~49.5 GiB. fp8
-# storage halves the transformer's weights (~34 GB -> ~17 GB, -16 GiB) in the modes that keep it on the GPU.
-FULL_PEAK_ALL_ON_GPU = 62 * GiB
-FULL_PEAK_MODEL_OFFLOAD = int(49.5 * GiB)
-FULL_PEAK_GROUP_OFFLOAD = int(12.5 * GiB)
+# Peak GPU memory (torch.cuda.max_memory_allocated) of the full-size pipeline, measured on one H100 with
+# benchmarks/bench_pipeline.py (benchmarks/RESULTS.md, section 2: diffusers 0.42.1, bf16 transformer and UMT5,
+# fp32 VAE and CLIP, one 77-frame segment):
+#   - everything on the GPU ("none"), 720p: 67.2 GiB (74.2 GiB reserved);
+#   - model CPU offload ("model"), 480p: 37.7 GiB -- and slower than group offload (57.6 s vs 25.9 s for the same
+#     2-step job, the transformer being copied in and out every segment), so `auto` never picks it;
+#   - block-level group offload with CUDA streams ("group"), 480p: 13.7 GiB (720p needs VAE tiling: 15.7 GiB);
+#   - sequential CPU offload, 480p: 9.6 GiB.
+# fp8 storage halves the transformer's weights (~34 GB -> ~17 GB, -16 GiB) in the modes that keep it on the GPU.
+FULL_PEAK_ALL_ON_GPU = int(67.2 * GiB)
+FULL_PEAK_GROUP_OFFLOAD = int(13.7 * GiB)
 FP8_TRANSFORMER_SAVING = 16 * GiB
 HEADROOM = 1.10
 """Free memory must exceed a peak by 10%: allocator fragmentation, cuDNN/cuBLAS workspaces, other processes."""
@@ -75,7 +73,6 @@ class MemoryNeeds:
     """Peak GPU memory (bytes) of one generation in each memory mode that has a known peak."""
 
     none: int
-    model: int
     group: int
 
 
@@ -84,7 +81,6 @@ def memory_needs(fp8_storage: bool = False) -> MemoryNeeds:
     saving = FP8_TRANSFORMER_SAVING if fp8_storage else 0
     return MemoryNeeds(
         none=FULL_PEAK_ALL_ON_GPU - saving,
-        model=FULL_PEAK_MODEL_OFFLOAD - saving,
         group=FULL_PEAK_GROUP_OFFLOAD,
     )
 
@@ -92,8 +88,9 @@ def memory_needs(fp8_storage: bool = False) -> MemoryNeeds:
 def choose_memory_mode(free_gpu_bytes: int, needs: MemoryNeeds | None = None) -> tuple[str, str]:
     """Pick the fastest memory mode whose peak fits in the free GPU memory.
 
-    Faster to slower: ``none`` (all on the GPU), ``model`` (one component at a time), ``group`` (the transformer's
-    and text encoder's blocks streamed from the CPU), ``sequential`` (every layer streamed; always fits).
+    Faster to slower: ``none`` (all on the GPU), ``group`` (the transformer's and text encoder's blocks streamed
+    from the CPU), ``sequential`` (every layer streamed; always fits). ``model`` (one component at a time) is
+    never chosen: measured, it is both slower and larger than ``group`` (see the figures above).
 
     Args:
         free_gpu_bytes: Free memory of the GPU (``torch.cuda.mem_get_info()[0]``).
@@ -106,7 +103,6 @@ def choose_memory_mode(free_gpu_bytes: int, needs: MemoryNeeds | None = None) ->
     free = free_gpu_bytes / GiB
     for mode, peak, label in (
         ("none", needs.none, "everything on the GPU"),
-        ("model", needs.model, "model CPU offload"),
         ("group", needs.group, "group offload"),
     ):
         if free_gpu_bytes >= peak * HEADROOM:
