@@ -266,7 +266,8 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match)
         job = open_job(self.work_root, job_id)
-        return self._generate(job, settings, request, progress)
+        with self._cancellable(request, job.record.mode) as cancel:
+            return self._generate(job, settings, cancel, progress)
 
     @_user_errors
     def animate_oneshot(
@@ -310,8 +311,9 @@ class Studio:
             result video (with sound), side-by-side video, summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match)
-        _, job = self._extract("animate", photo, video, start, end, resolution, fps, points, progress, retarget=retarget)
-        return (*self._generate(job, settings, request, progress), job.id)
+        with self._cancellable(request, "animate") as cancel:
+            _, job = self._extract("animate", photo, video, start, end, resolution, fps, points, progress, retarget=retarget)
+            return (*self._generate(job, settings, cancel, progress), job.id)
 
     @_user_errors
     def animate_draft(
@@ -353,8 +355,9 @@ class Studio:
             draft video (with sound), side-by-side video, summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match)
-        _, job = self._extract_draft("animate", photo, video, start, end, fps, points, progress, retarget=retarget)
-        return (*self._generate(job, draft_settings(settings, self.fast_available), request, progress), job.id)
+        with self._cancellable(request, "animate") as cancel:
+            _, job = self._extract_draft("animate", photo, video, start, end, fps, points, progress, retarget=retarget)
+            return (*self._generate(job, draft_settings(settings, self.fast_available), cancel, progress), job.id)
 
     # -- API: Replacement -----------------------------------------------------------------------------
 
@@ -432,7 +435,8 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight)
         job = open_job(self.work_root, job_id)
-        return self._generate(job, settings, request, progress)
+        with self._cancellable(request, job.record.mode) as cancel:
+            return self._generate(job, settings, cancel, progress)
 
     @_user_errors
     def replace_oneshot(
@@ -484,11 +488,12 @@ class Studio:
             result video (with sound), side-by-side video, summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight)
-        _, job = self._extract(
-            "replace", photo, video, start, end, resolution, fps, points, progress,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
-        )
-        return (*self._generate(job, settings, request, progress), job.id)
+        with self._cancellable(request, "replace") as cancel:
+            _, job = self._extract(
+                "replace", photo, video, start, end, resolution, fps, points, progress,
+                mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            )
+            return (*self._generate(job, settings, cancel, progress), job.id)
 
     @_user_errors
     def replace_draft(
@@ -538,11 +543,12 @@ class Studio:
             draft video (with sound), side-by-side video, summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight)
-        _, job = self._extract_draft(
-            "replace", photo, video, start, end, fps, points, progress,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
-        )
-        return (*self._generate(job, draft_settings(settings, self.fast_available), request, progress), job.id)
+        with self._cancellable(request, "replace") as cancel:
+            _, job = self._extract_draft(
+                "replace", photo, video, start, end, fps, points, progress,
+                mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            )
+            return (*self._generate(job, draft_settings(settings, self.fast_available), cancel, progress), job.id)
 
     # -- the work behind the endpoints ----------------------------------------------------------------
 
@@ -627,33 +633,42 @@ class Studio:
         settings.check()
         return settings
 
-    def _generate(self, job: Job, settings: GenerationSettings, request: gr.Request | None, progress: gr.Progress) -> tuple[str, str, str, dict]:
-        """Generate from a job's conditioning; Stop sets the job's cancel event, checked between steps."""
+    def _generate(self, job: Job, settings: GenerationSettings, cancel: threading.Event, progress: gr.Progress) -> tuple[str, str, str, dict]:
+        """Generate from a job's conditioning; ``cancel`` (set by Stop) is checked between steps."""
         conditioning = job.load_conditioning()
         report = _progress(progress)
-        key = self._cancel_key(request, job.record.mode)
+        with self._gpu_slots:
+            if cancel.is_set():
+                raise GenerationCancelled("Stopped before generation started.")
+            pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=report)
+            with self._lora_lock:
+                if self.fast_available:
+                    ensure_fast_lora(pipeline, self.config.fast_lora)
+                if self.config.relight_lora and job.record.mode == "replace":
+                    ensure_relighting_lora(pipeline, self.config.relight_lora)
+            name = uuid.uuid4().hex[:8]
+            result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=report, cancel=cancel)
+        report(0, 1, "Writing the side-by-side video")
+        side_by_side = job.write_side_by_side(result.frames, result.fps, job.output(f"side_by_side_{name}.mp4"))
+        return str(result.video_path), str(side_by_side), _result_markdown(job, result, settings), self._details(job, result, settings)
+
+    @contextmanager
+    def _cancellable(self, request: gr.Request | None, mode: str) -> Iterator[threading.Event]:
+        """The event Stop sets for this browser tab's job in ``mode``, registered while the job runs.
+
+        On ZeroGPU the job runs in a forked worker that this event does not reach; there Stop only drops the
+        queued or running event from Gradio's queue.
+        """
+        key = self._cancel_key(request, mode)
         cancel = threading.Event()
         with self._cancel_lock:
             self._cancels[key] = cancel
         try:
-            with self._gpu_slots:
-                if cancel.is_set():
-                    raise GenerationCancelled("Stopped before it started.")
-                pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=report)
-                with self._lora_lock:
-                    if self.fast_available:
-                        ensure_fast_lora(pipeline, self.config.fast_lora)
-                    if self.config.relight_lora and job.record.mode == "replace":
-                        ensure_relighting_lora(pipeline, self.config.relight_lora)
-                name = uuid.uuid4().hex[:8]
-                result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=report, cancel=cancel)
+            yield cancel
         finally:
             with self._cancel_lock:
                 if self._cancels.get(key) is cancel:
                     del self._cancels[key]
-        report(0, 1, "Writing the side-by-side video")
-        side_by_side = job.write_side_by_side(result.frames, result.fps, job.output(f"side_by_side_{name}.mp4"))
-        return str(result.video_path), str(side_by_side), _result_markdown(job, result, settings), self._details(job, result, settings)
 
     def stop(self, mode: str, request: gr.Request = None) -> str:
         """Stop this browser tab's running generation in ``mode`` after its current step."""
@@ -737,7 +752,7 @@ class Studio:
         """Where the model runs (GPU, memory mode, dtype), or what will be used before it is loaded."""
         return describe_runtime(**self.config.pipeline_kwargs())
 
-    def video_info(self, video: str | None, start: float, end: float | None) -> tuple[str, dict, float | None]:
+    def video_info(self, video: str | None, start: float, end: float | None, fps: str = "30") -> tuple[str, dict, float | None]:
         """A line about the uploaded video, the frame slider's range, and the end trim to show."""
         if not video:
             return "", gr.update(maximum=1, value=0), end
@@ -749,7 +764,7 @@ class Studio:
         if info.duration > DEFAULT_MAX_SECONDS and _optional_end(end) is None:
             end = float(start or 0.0) + DEFAULT_MAX_SECONDS
             line += f"\n\n⚠️ Longer than {DEFAULT_MAX_SECONDS:g} s: the end was set to {end:g} s; change start and end to pick another part."
-        frames = estimate_frames(info.duration, info.fps, 30.0, float(start or 0.0), _optional_end(end))
+        frames = estimate_frames(info.duration, info.fps, _fps(fps), float(start or 0.0), _optional_end(end))
         return line, gr.update(maximum=max(1, frames - 1), value=0), end
 
     def picker_frame(self, video: str | None, job_id: str, index: int, start: float, end: float | None, fps: str, points: str):
@@ -950,13 +965,13 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
     picker_inputs = [tab.video, tab.job_id, tab.frame_index, *trim, tab.fps, tab.points]
     gpu = dict(concurrency_id="gpu", concurrency_limit=studio.config.gpu_concurrency)
 
-    # Picker: a new video or trim resets the points (their frame indices would point elsewhere).
+    # Picker: a new video, trim or frame rate resets the points (their frame indices would point elsewhere).
     def reset_points() -> tuple[str, str, str]:
         return "", describe_clicks([]), ""
 
-    for trigger in (tab.video.change, tab.start.submit, tab.end.submit):
+    for trigger in (tab.video.change, tab.start.submit, tab.end.submit, tab.fps.change):
         (
-            trigger(studio.video_info, [tab.video, *trim], [tab.video_line, tab.frame_index, tab.end], **private)
+            trigger(studio.video_info, [tab.video, *trim, tab.fps], [tab.video_line, tab.frame_index, tab.end], **private)
             .then(reset_points, None, [tab.points, tab.points_line, tab.job_id], **private)
             .then(studio.picker_frame, picker_inputs, [tab.picker, tab.picker_frame], api_visibility="private")
         )
@@ -997,7 +1012,8 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
     def stop(request: gr.Request) -> str:
         return studio.stop(tab.mode, request)
 
-    tab.stop.click(stop, None, tab.status, **private)
+    # Stop sets the running job's event (it stops after its current step) and drops queued ones.
+    tab.stop.click(stop, None, tab.status, cancels=[generate_event, oneshot_event, draft_event], **private)
 
 
 def build_demo(config: AppConfig) -> gr.Blocks:

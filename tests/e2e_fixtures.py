@@ -181,7 +181,8 @@ def _serve(config):
     return demo, demo.local_url
 
 
-@pytest.fixture(scope="session")
+# Module scope: the shrunk frame areas must not leak into other test modules (test_sizing checks the real ones).
+@pytest.fixture(scope="module")
 def served_demo(tiny_models, tmp_path_factory):
     """The app served on localhost with the confident tiny models, CPU allowed, small frames (the Blocks; its
     actions are ``demo.studio``)."""
@@ -213,7 +214,7 @@ def served_demo(tiny_models, tmp_path_factory):
         sizing.RESOLUTION_AREAS.update(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served_app(served_demo) -> str:
     """The URL of `served_demo`."""
     return served_demo.local_url

@@ -16,14 +16,16 @@ import spaces
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.e2e_fixtures import DRIVING_FRAMES, e2e_media, served_app, served_demo, tiny_models  # noqa: F401  (fixtures)
+from tests.e2e_fixtures import DRIVING_FRAMES
 from tests.media import audio_duration, video_facts
+
+pytest_plugins = ["tests.e2e_fixtures"]  # the served app, tiny models and media fixtures
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def client(served_app, tmp_path_factory):  # noqa: F811
+def client(served_app, tmp_path_factory):
     return Client(served_app, download_files=str(tmp_path_factory.mktemp("downloads")), verbose=False)
 
 
@@ -45,7 +47,7 @@ def _check_result(result_path, side_path, frames: int) -> tuple[dict, dict]:
     return result, side
 
 
-def test_animation_extract_then_generate_two_segments(client, e2e_media):  # noqa: F811
+def test_animation_extract_then_generate_two_segments(client, e2e_media):
     skeleton, faces, report_md, report, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "720p", "30", False, "",
         api_name="/extract_animation",
@@ -64,7 +66,7 @@ def test_animation_extract_then_generate_two_segments(client, e2e_media):  # noq
     assert (result["width"], result["height"]) == (skeleton_facts["width"], skeleton_facts["height"])
 
 
-def test_replacement_extract_with_points_then_generate(client, e2e_media):  # noqa: F811
+def test_replacement_extract_with_points_then_generate(client, e2e_media):
     points = '[{"frame": 0, "x": 0.05, "y": 0.05, "positive": false}]'
     skeleton, faces, mask, background, report_md, report, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, None, "480p", "30", points,
@@ -81,7 +83,7 @@ def test_replacement_extract_with_points_then_generate(client, e2e_media):  # no
     assert details["seed"] >= 0 and f"Seed {details['seed']}" in summary
 
 
-def test_trim_changes_the_frame_count(client, e2e_media):  # noqa: F811
+def test_trim_changes_the_frame_count(client, e2e_media):
     *_, report, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 1.0, 2.0, "480p", "30", False, "",
         api_name="/extract_animation",
@@ -90,7 +92,7 @@ def test_trim_changes_the_frame_count(client, e2e_media):  # noqa: F811
 
 
 @pytest.mark.parametrize("api_name", ["/animate_oneshot", "/replace_oneshot"])
-def test_one_call_endpoints(client, e2e_media, api_name):  # noqa: F811
+def test_one_call_endpoints(client, e2e_media, api_name):
     inputs = [handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, None, "480p", "30"]
     if api_name == "/animate_oneshot":
         inputs += [False, "", "quality", STEPS, 11, 1.0, 1, False]
@@ -101,7 +103,7 @@ def test_one_call_endpoints(client, e2e_media, api_name):  # noqa: F811
     assert details["seed"] == 11 and details["job_id"] == job_id and details["report"]["frames"] == 20
 
 
-def test_draft_renders_the_first_segment_at_480p_with_the_fast_preset(client, e2e_media):  # noqa: F811
+def test_draft_renders_the_first_segment_at_480p_with_the_fast_preset(client, e2e_media):
     video, side, summary, details, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "30", False, "",
         "quality", STEPS, 5, 1.0, 1, False, api_name="/animate_draft",
@@ -111,7 +113,7 @@ def test_draft_renders_the_first_segment_at_480p_with_the_fast_preset(client, e2
     assert details["steps"] == 4  # the app has a few-step LoRA, so drafts use the fast preset
 
 
-def test_fast_preset_switches_the_few_step_lora_on(client, e2e_media):  # noqa: F811
+def test_fast_preset_switches_the_few_step_lora_on(client, e2e_media):
     *_, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, 0.3, "480p", "30", False, "",
         api_name="/extract_animation",
@@ -126,7 +128,7 @@ def test_generate_without_extraction_says_what_to_do(client):
         client.predict("", "quality", STEPS, -1, 1.0, 1, False, api_name="/animate")
 
 
-def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e2e_media):  # noqa: F811
+def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e2e_media):
     """Stop (the page's button calls `Studio.stop`) sets the running job's event; generation stops at the next
     step. Here the progress callback presses Stop as soon as the first step is reported."""
     studio = served_demo.studio
@@ -150,7 +152,7 @@ def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e
     assert video_facts(Path(video))["frames"] == 9
 
 
-def test_gpu_actions_ask_for_time_from_the_job(served_demo, client, e2e_media):  # noqa: F811
+def test_gpu_actions_ask_for_time_from_the_job(served_demo, client, e2e_media):
     """The ZeroGPU durations come from the job (frames, resolution, steps); off ZeroGPU `spaces.GPU` is a no-op."""
     from wan_animate.generate import GenerationSettings
     from wan_animate.presets import estimate_generation_seconds, gpu_duration

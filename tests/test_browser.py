@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_fixtures import e2e_media, served_app, tiny_models  # noqa: F401  (fixtures)
+pytest_plugins = ["tests.e2e_fixtures"]  # the served app, tiny models and media fixtures
+
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -37,7 +38,7 @@ PLAYS = """async (selector) => {
 
 
 @pytest.fixture(scope="module")
-def page(served_app):  # noqa: F811
+def page(served_app):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -123,7 +124,7 @@ def _set_slider(page, elem_id: str, value: float) -> None:
     box.press("Tab")
 
 
-def test_animation_extract_preview_generate(page, e2e_media):  # noqa: F811
+def test_animation_extract_preview_generate(page, e2e_media):
     page.screenshot(path=str(ARTIFACTS / "00_start.png"), full_page=True)
     assert "CPU" in page.locator("#runtime").inner_text()
     _upload(page, "animate", e2e_media["photo"], e2e_media["short_video"])
@@ -136,6 +137,8 @@ def test_animation_extract_preview_generate(page, e2e_media):  # noqa: F811
     assert "Person found" in page.locator("#animate-report").inner_text()
     page.screenshot(path=str(ARTIFACTS / "01_animation_extracted.png"), full_page=True)
 
+    page.locator("#animate-stop").click()  # nothing runs yet: Stop says so
+    page.get_by_text("Nothing is being generated.").wait_for(timeout=30_000)
     _set_slider(page, "animate-steps", 2)
     page.locator("#animate-generate").click()
     _wait_for_video(page, "#animate-result")
@@ -146,7 +149,7 @@ def test_animation_extract_preview_generate(page, e2e_media):  # noqa: F811
     page.screenshot(path=str(ARTIFACTS / "02_animation_result.png"), full_page=True)
 
 
-def test_replacement_click_changes_the_mask(page, e2e_media):  # noqa: F811
+def test_replacement_click_changes_the_mask(page, e2e_media):
     page.get_by_role("tab", name="Replacement").click()
     _upload(page, "replace", e2e_media["photo"], e2e_media["short_video"])
     # Keep the mask close to SAM2's own (no dilation, a fine grid) so a click's effect on it stays visible.

@@ -6,7 +6,8 @@ import asyncio
 
 import httpx
 
-from tests.e2e_fixtures import light_app  # noqa: F401  (fixture)
+pytest_plugins = ["tests.e2e_fixtures"]  # the served app, tiny models and media fixtures
+
 
 TOOLS = {
     "extract_animation", "animate", "animate_oneshot", "animate_draft",
@@ -14,7 +15,7 @@ TOOLS = {
 }
 
 
-def test_schema_lists_both_modes_with_described_parameters(light_app):  # noqa: F811
+def test_schema_lists_both_modes_with_described_parameters(light_app):
     response = httpx.get(f"{light_app.rstrip('/')}/gradio_api/mcp/schema", timeout=30)
     response.raise_for_status()
     tools = {tool["name"]: tool for tool in response.json()}
@@ -29,7 +30,7 @@ def test_schema_lists_both_modes_with_described_parameters(light_app):  # noqa: 
     assert "/extract_animation" in animate_inputs["job_id"]["description"]
 
 
-def test_mcp_protocol_lists_the_tools(light_app):  # noqa: F811
+def test_mcp_protocol_lists_the_tools(light_app):
     """A real MCP client session over streamable HTTP sees the same tools."""
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client

@@ -160,9 +160,11 @@ class StepTimes:
     per_segment: float
 
 
+# Measured on one H100, mode "none", plain (uncompiled) steps: benchmarks/RESULTS.md, "Seconds for the Space's
+# spaces.GPU duration estimate". "Per segment" includes the VAE encodes and decode and the video writing.
 STEP_TIMES: dict[str, StepTimes] = {
-    "720p": StepTimes(per_step=13.1, per_segment=21.0),
-    "480p": StepTimes(per_step=3.6, per_segment=8.0),
+    "720p": StepTimes(per_step=12.9, per_segment=19.9 + 77 * 0.052),
+    "480p": StepTimes(per_step=3.6, per_segment=10.8 + 77 * 0.033),
 }
 
 MODEL_LOAD_SECONDS = 90.0

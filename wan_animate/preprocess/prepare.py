@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -138,21 +139,32 @@ class Preprocessor:
         self.sources = {"detector": detector, "pose": pose, "sam2": sam2}
         self.pose_backend = pose_backend
         self.device = device
+        # Two extractions may start at once in the app: each model is loaded once, by whichever comes first.
+        self._loading = threading.Lock()
 
     @cached_property
     def detector(self) -> PersonDetector:
         """The person detector, loaded on first use."""
-        return PersonDetector.from_pretrained(self.sources["detector"], device=self.device)
+        return self._load_once("detector", lambda: PersonDetector.from_pretrained(self.sources["detector"], device=self.device))
 
     @cached_property
     def pose_estimator(self) -> PoseEstimator:
         """The whole-body pose model, loaded on first use."""
-        return PoseEstimator.from_pretrained(self.sources["pose"], backend=self.pose_backend, device=self.device)
+        return self._load_once(
+            "pose_estimator",
+            lambda: PoseEstimator.from_pretrained(self.sources["pose"], backend=self.pose_backend, device=self.device),
+        )
 
     @cached_property
     def segmenter(self) -> PersonSegmenter:
         """SAM2, loaded on first Replacement job."""
-        return PersonSegmenter.from_pretrained(self.sources["sam2"], device=self.device)
+        return self._load_once("segmenter", lambda: PersonSegmenter.from_pretrained(self.sources["sam2"], device=self.device))
+
+    def _load_once(self, name: str, load):
+        with self._loading:
+            if name not in self.__dict__:  # another thread may have loaded it while this one waited
+                self.__dict__[name] = load()
+            return self.__dict__[name]
 
     def prepare(
         self,
