@@ -30,8 +30,8 @@ class _Bar:
         self.stage = ""
 
     def __call__(self, done: int, total: int, description: str) -> None:
-        stage = description.split(",")[0] if description.startswith("Segment") else description
-        stage = "Generating" if stage.startswith("Segment") else stage
+        # Generation reports "Segment k/n, step i/m": one bar for all of it, the detail as its postfix.
+        stage = "Generating" if description.startswith("Segment") else description
         if self.bar is None or stage != self.stage or total != self.bar.total:
             self.close()
             self.bar, self.stage = tqdm(total=total, desc=stage, unit="step" if stage == "Generating" else "frame"), stage

@@ -215,7 +215,7 @@ class Preprocessor:
         detections: list[np.ndarray] = []
         for batch in frames.batches():
             detections += self.detector.detect(batch, score_threshold=options.detection_threshold)
-            _report(progress, len(detections), frames.count, "Detecting people")
+            _notify(progress, len(detections), frames.count, "Detecting people")
         track = track_person(detections, point=point)
         found = ~np.isnan(track.boxes).any(axis=1)
         if not found.any():
@@ -231,7 +231,7 @@ class Preprocessor:
         for start, batch in zip(range(0, frames.count, BATCH), frames.batches()):
             boxes = track.boxes[start : start + len(batch)]
             keypoints.append(self.pose_estimator.estimate(batch, boxes))
-            _report(progress, start + len(batch), frames.count, "Estimating pose")
+            _notify(progress, start + len(batch), frames.count, "Estimating pose")
         poses = split_wholebody(np.concatenate(keypoints))
         warnings = []
         if track.persons_seen > 1 and point is None:
@@ -311,7 +311,7 @@ class Preprocessor:
             drawn = draw_skeleton(poses.frame(index), canvas)
             skeleton[index] = drawn if canvas == size else letterbox(drawn, size)
             faces[index] = crop_faces(frame[None], face_boxes[index : index + 1])[0]
-            _report(progress, index + 1, original.count, "Drawing skeleton and cropping faces")
+            _notify(progress, index + 1, original.count, "Drawing skeleton and cropping faces")
         conditioning = Conditioning(
             mode="animate",
             reference_image=reference,
@@ -433,7 +433,7 @@ def _scale_point(
     return frame, x * to_size[1] / from_size[1], y * to_size[0] / from_size[0]
 
 
-def _report(progress: ProgressCallback | None, done: int, total: int, description: str) -> None:
+def _notify(progress: ProgressCallback | None, done: int, total: int, description: str) -> None:
     if progress is not None:
         progress(min(done, total), total, description)
 
@@ -447,7 +447,7 @@ def _write_outputs(
     overlay: np.ndarray | None = None,
 ) -> Preprocessed:
     """Save the conditioning (upstream layout) and the previews a person looks at."""
-    _report(progress, 0, 1, "Writing previews")
+    _notify(progress, 0, 1, "Writing previews")
     conditioning.save(workdir / "conditioning")
     fps = conditioning.fps
     result = Preprocessed(
@@ -460,7 +460,7 @@ def _write_outputs(
     if overlay is not None:
         result.mask_video = write_video(workdir / "mask.mp4", overlay, fps)
         result.background_video = write_video(workdir / "background.mp4", conditioning.background_frames, fps)
-    _report(progress, 1, 1, "Writing previews")
+    _notify(progress, 1, 1, "Writing previews")
     logger.info("Preprocessed %d frames (%s): %s", conditioning.num_frames, conditioning.mode, report.to_dict())
     return result
 
