@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -311,6 +312,33 @@ class StageClock:
         self.last = now
 
 
+def run_once(preprocessor, args: argparse.Namespace, photo: Path, video: Path, workdir: Path, sampler: RssSampler) -> dict:
+    """One timed ``prepare`` call: total seconds, per-stage seconds and RSS, CUDA peak, the quality report."""
+    import torch
+
+    from wan_animate.preprocess.prepare import PreprocessOptions
+
+    options = PreprocessOptions(resolution=args.resolution)
+    if args.detect_every is not None:
+        options = PreprocessOptions(resolution=args.resolution, detect_every=args.detect_every)
+    clock = StageClock(sampler)
+    started = clock.last = time.perf_counter()
+    result = preprocessor.prepare(args.mode, photo, video, workdir, options, progress=clock)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    total = time.perf_counter() - started
+    return {
+        "total_s": round(total, 2),
+        "stages": {
+            name: {"seconds": round(stage["seconds"], 2), "peak_rss_gib": round(stage["peak_rss"] / 2**30, 2)}
+            for name, stage in clock.stages.items()
+        },
+        "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0,
+        "output_frames": result.conditioning.num_frames,
+        "report": result.report.to_dict(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["animate", "replace"], default="animate")
@@ -324,6 +352,9 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=None, help="folder to build/reuse the models in")
     parser.add_argument("--extrapolate-to", type=float, default=10.0, help="clip seconds to extrapolate to")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed runs first (CUDA kernels, cuDNN plans)")
+    parser.add_argument("--detect-every", type=int, default=None, help="run the detector on every N-th frame")
     args = parser.parse_args()
 
     import torch
@@ -342,7 +373,6 @@ def main() -> None:
     media_seconds = time.perf_counter() - started
 
     from wan_animate.preprocess import Preprocessor
-    from wan_animate.preprocess.prepare import PreprocessOptions
 
     sampler = RssSampler()
     sampler.start()
@@ -358,14 +388,26 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     rss_loaded = rss_bytes()
 
-    clock = StageClock(sampler)
-    started = clock.last = time.perf_counter()
-    result = preprocessor.prepare(
-        args.mode, photo, video, work / "job", PreprocessOptions(resolution=args.resolution), progress=clock
-    )
-    total = time.perf_counter() - started
+    runs = []
+    for index in range(args.warmup + args.repeats):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        run = run_once(preprocessor, args, photo, video, work / f"job{index}", sampler)
+        run["warmup"] = index < args.warmup
+        runs.append(run)
+        print(f"run {index}: {run['total_s']} s{' (warm-up)' if run['warmup'] else ''}", file=sys.stderr, flush=True)
     sampler.stop()
     ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    timed = [run for run in runs if not run["warmup"]]
+    total = statistics.median(run["total_s"] for run in timed)
+    stages = {
+        name: {
+            "seconds": round(statistics.median(run["stages"][name]["seconds"] for run in timed), 2),
+            "per_frame_s": round(statistics.median(run["stages"][name]["seconds"] for run in timed) / max(1, frames), 3),
+            "peak_rss_gib": max(run["stages"][name]["peak_rss_gib"] for run in timed),
+        }
+        for name in timed[0]["stages"]
+    }
 
     scale = args.extrapolate_to / args.seconds
     results = {
@@ -373,6 +415,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "cores_visible": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
             "python": platform.python_version(),
         },
         "versions": {name: __import__(name).__version__ for name in ("torch", "transformers", "onnx", "av", "numpy")},
@@ -380,19 +423,15 @@ def main() -> None:
         "models": {name: f"{_weight_bytes(path) / 2**20:.0f} MiB" for name, path in paths.items() if path.exists()},
         "pose_size": args.pose_size if args.sizes == "full" else "tiny",
         "frames": frames,
-        "output_frames": result.conditioning.num_frames,
-        "report": result.report.to_dict(),
+        "output_frames": timed[-1]["output_frames"],
+        "report": timed[-1]["report"],
         "build_models_s": round(build_seconds, 1),
         "write_media_s": round(media_seconds, 1),
         "load_models_s": round(load_seconds, 2),
-        "stages": {
-            name: {
-                "seconds": round(stage["seconds"], 2),
-                "per_frame_s": round(stage["seconds"] / max(1, frames), 3),
-                "peak_rss_gib": round(stage["peak_rss"] / 2**30, 2),
-            }
-            for name, stage in clock.stages.items()
-        },
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "runs_total_s": [run["total_s"] for run in runs],
+        "stages_median": stages,
         "total_s": round(total, 2),
         "total_extrapolated_s": round(total * scale, 1),
         "extrapolated_to_s": args.extrapolate_to,
@@ -401,6 +440,7 @@ def main() -> None:
         "peak_rss_sampled_gib": round(sampler.peak / 2**30, 2),
         "ru_maxrss_gib": round(ru_maxrss / 2**30, 2),
         "peak_growth_per_frame_mib": round((max(sampler.peak, ru_maxrss) - rss_loaded) / frames / 2**20, 2),
+        "cuda_peak_allocated_gib": max(run["cuda_peak_gib"] for run in runs),
     }
     text = json.dumps(results, indent=2)
     print(text)

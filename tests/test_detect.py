@@ -8,7 +8,17 @@ import pytest
 
 from tests.tiny_preprocess_models import build_tiny_detector
 from wan_animate.errors import WanAnimateError
-from wan_animate.preprocess.detect import DETECTOR_FILES, PersonDetector, box_iou, link_tracks, track_person
+from wan_animate.preprocess.detect import (
+    DETECTOR_FILES,
+    PersonDetector,
+    box_iou,
+    detection_frames,
+    detection_stride,
+    follow_person,
+    interpolate_boxes,
+    link_tracks,
+    track_person,
+)
 
 SURE, NEVER = 5.0, -20.0
 """Fixed class logits of the tiny detectors: sigmoid(5) = 0.993, sigmoid(-20) ~ 2e-9."""
@@ -199,3 +209,100 @@ def test_single_person_clip_uses_every_box_and_no_person_is_all_nan():
 def test_link_tracks_matches_by_overlap_not_order():
     frames = _detections([_box(0, 0, 10, 10), _box(100, 0, 10, 10)], [_box(101, 0, 10, 10), _box(1, 0, 10, 10)])
     assert link_tracks(frames) == [{0: 0, 1: 1}, {0: 1, 1: 0}]
+
+
+# -- detecting on every N-th frame --------------------------------------------------------------------
+
+NAN_BOX = [np.nan] * 4
+
+
+def test_interpolated_boxes_are_exact_linear_steps_between_detected_frames():
+    boxes = interpolate_boxes([0, 4, 6], np.array([[0, 0, 40, 80], [40, 8, 80, 88], [40, 8, 80, 88]]), 7)
+    assert boxes.dtype == np.float32 and boxes.shape == (7, 4)
+    expected = [
+        [0, 0, 40, 80],
+        [10, 2, 50, 82],  # a quarter of the way
+        [20, 4, 60, 84],  # the midpoint
+        [30, 6, 70, 86],
+        [40, 8, 80, 88],
+        [40, 8, 80, 88],  # between two equal boxes the box stays put
+        [40, 8, 80, 88],
+    ]
+    np.testing.assert_array_equal(boxes, expected)
+
+
+def test_interpolated_boxes_are_held_at_the_ends():
+    boxes = interpolate_boxes([2, 4], np.array([[10, 10, 20, 20], [30, 10, 40, 20]]), 7)
+    np.testing.assert_array_equal(boxes[:3], [[10, 10, 20, 20]] * 3)
+    np.testing.assert_array_equal(boxes[3], [20, 10, 30, 20])
+    np.testing.assert_array_equal(boxes[4:], [[30, 10, 40, 20]] * 3)
+    # A single detected frame is held over the whole clip.
+    np.testing.assert_array_equal(interpolate_boxes([3], np.array([[1, 2, 3, 4]]), 5), [[1, 2, 3, 4]] * 5)
+
+
+def test_a_miss_on_a_detected_frame_leaves_the_gaps_on_both_sides_missing():
+    found = [0, 0, 30, 60]
+    boxes = interpolate_boxes([0, 3, 6, 9], np.array([found, NAN_BOX, found, [30, 0, 60, 60]]), 10)
+    missing = np.isnan(boxes).any(axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(missing), [1, 2, 3, 4, 5])  # no box invented across the miss
+    np.testing.assert_array_equal(boxes[[0, 6]], [found, found])
+    np.testing.assert_array_equal(boxes[7:], [[10, 0, 40, 60], [20, 0, 50, 60], [30, 0, 60, 60]])
+    # Missing on the first or last detected frame: not held either.
+    edges = interpolate_boxes([1, 3], np.array([NAN_BOX, found]), 5)
+    np.testing.assert_array_equal(np.isnan(edges).any(axis=1), [True, True, True, False, False])
+
+
+def test_interpolate_boxes_refuses_inconsistent_frames():
+    with pytest.raises(ValueError, match="2 detected frames but 1 boxes"):
+        interpolate_boxes([0, 1], np.zeros((1, 4)), 3)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        interpolate_boxes([2, 1], np.zeros((2, 4)), 3)
+    with pytest.raises(ValueError, match="inside the clip"):
+        interpolate_boxes([0, 3], np.zeros((2, 4)), 3)
+
+
+def test_detection_frames_take_the_stride_the_last_frame_and_extra_frames():
+    assert detection_frames(10, 3) == [0, 3, 6, 9]
+    assert detection_frames(11, 3) == [0, 3, 6, 9, 10]  # the last frame, though off the stride
+    assert detection_frames(11, 3, extra={4, 9, 25}) == [0, 3, 4, 6, 9, 10]  # outside the clip: ignored
+    assert detection_frames(4, 1) == [0, 1, 2, 3]
+    assert detection_frames(1, 5) == [0]
+    assert detection_frames(0, 5) == []
+
+
+def test_detection_stride_every_frame_on_a_gpu_one_sixth_second_on_the_cpu():
+    assert detection_stride(None, "cpu", 30.0) == 5
+    assert detection_stride(None, "cpu", 60.0) == 10
+    assert detection_stride(None, "cpu", 16.0) == 3
+    assert detection_stride(None, "cpu", 2.0) == 1  # never 0
+    assert detection_stride(None, "cuda", 30.0) == 1
+    assert detection_stride(None, "cuda:1", 30.0) == 1
+    assert detection_stride(3, "cuda", 30.0) == 3  # the caller's choice wins
+    assert detection_stride(1, "cpu", 30.0) == 1
+    with pytest.raises(WanAnimateError, match="1 \\(every frame\\) or more, not 0"):
+        detection_stride(0, "cpu", 30.0)
+
+
+def test_follow_person_tracks_over_detected_frames_and_fills_the_rest():
+    """A walks right 30 px per detected frame (3 frames apart), B stands still and is larger."""
+    frames = [0, 3, 6, 7]
+    a_boxes = [_box(30 * step, 40, 60, 120) for step in (0, 1, 2)] + [_box(70, 40, 60, 120)]
+    b = _box(300, 0, 100, 200)
+    detections = _detections(*[[b, a] for a in a_boxes])
+    track = follow_person(detections, frames, 8, point=(3, 50.0, 100.0))
+    assert track.chosen_by == "point" and track.persons_seen == 2 and track.boxes.shape == (8, 4)
+    x1 = [0, 10, 20, 30, 40, 50, 60, 70]  # detected 0, 30, 60, 70; linear in between
+    np.testing.assert_allclose(track.boxes[:, 0], x1, atol=1e-4)
+    np.testing.assert_array_equal(track.boxes[:, 1], 40)
+    largest = follow_person(detections, frames, 8)
+    np.testing.assert_array_equal(largest.boxes, np.tile(b[:4], (8, 1)))
+
+
+def test_follow_person_errors_name_the_clips_frame():
+    detections = _detections([_box(10, 10, 50, 100)], [_box(12, 10, 50, 100)], [_box(14, 10, 50, 100)])
+    with pytest.raises(WanAnimateError, match="under the chosen point \\(500, 500\\) on frame 5\\."):
+        follow_person(detections, [0, 5, 9], 10, point=(5, 500.0, 500.0))
+    with pytest.raises(WanAnimateError, match="on frame 10, but the clip has 10 frames"):
+        follow_person(detections, [0, 5, 9], 10, point=(10, 20.0, 20.0))
+    with pytest.raises(ValueError, match="was not detected on"):
+        follow_person(detections, [0, 5, 9], 10, point=(4, 20.0, 20.0))

@@ -132,3 +132,27 @@ def test_cancel_stops_between_steps(pipeline):
     assert seen == [1, 2, 3]
     # The pipeline is still usable afterwards.
     assert generate(pipeline, make_conditioning("animate", frames=2), GenerationSettings(**FAST)).frames.shape[0] == 2
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt(pipeline):
+    """The text encoder runs once per distinct prompt; cached embeddings give the same video as encoding anew."""
+    from wan_animate.generate import PROMPT_CACHE_SIZE
+
+    calls = []
+    hook = pipeline.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        pipeline.__dict__.pop("wan_prompt_cache", None)
+        conditioning = make_conditioning("animate", 5)
+        first = generate(pipeline, conditioning, GenerationSettings(**FAST)).frames
+        again = generate(pipeline, conditioning, GenerationSettings(**FAST)).frames
+        assert len(calls) == 1
+        np.testing.assert_array_equal(first, again)
+        generate(pipeline, conditioning, GenerationSettings(**FAST, prompt="a person dances"))
+        assert len(calls) == 2
+        generate(pipeline, conditioning, GenerationSettings(**FAST, guidance_scale=2.0))
+        assert len(calls) == 4  # guidance adds the negative prompt: a new entry, encoded with its own pass
+        for index in range(PROMPT_CACHE_SIZE + 1):
+            generate(pipeline, conditioning, GenerationSettings(**FAST, prompt=f"prompt {index}"))
+        assert len(pipeline.wan_prompt_cache) == PROMPT_CACHE_SIZE
+    finally:
+        hook.remove()

@@ -482,3 +482,52 @@ def test_describe_runtime(tiny_checkpoint):
         assert describe_runtime(source=str(tiny_checkpoint), allow_cpu=True) == runtime_info(pipe).summary()
     finally:
         clear_pipeline_cache()
+
+
+@pytest.mark.parametrize(
+    "mode,total_gib,expected",
+    [("none", 80, True), ("none", 75, True), ("none", 48, False), ("group", 80, False), ("sequential", 141, False)],
+)
+def test_blocks_are_compiled_by_default_only_all_on_a_large_gpu(mode, total_gib, expected):
+    assert models.should_compile(mode, int(total_gib * GiB)) is expected
+
+
+@pytest.mark.parametrize(
+    "mode,free_gib,expected",
+    [("group", 22, True), ("sequential", 10, True), ("group", 40, False), ("none", 20, False)],
+)
+def test_vae_tiles_when_offloading_on_a_small_gpu(mode, free_gib, expected):
+    assert models.should_tile_vae(mode, int(free_gib * GiB)) is expected
+
+
+def test_compiled_blocks_give_the_same_video_also_after_a_lora_switch(tiny_checkpoint, tmp_path):
+    """`compile_blocks=True` really compiles (torch.compile, inductor on the CPU) and changes no output, also when
+    a LoRA is loaded and switched on after compilation (which makes dynamo recompile)."""
+    from tests.e2e_fixtures import build_tiny_fast_lora
+    from tests.test_generate import make_conditioning
+    from wan_animate.generate import GenerationSettings, generate
+    from wan_animate.lora import load_lora
+
+    lora = build_tiny_fast_lora(tiny_checkpoint, tmp_path / "lora.safetensors")
+    conditioning = make_conditioning("animate", 5)
+    videos = {}
+    for compiled in (False, True):
+        pipe = load_pipeline(tiny_checkpoint, allow_cpu=True, compile_blocks=compiled)
+        assert pipe.wan_runtime.compiled is compiled
+        assert ("compiled" in pipe.wan_runtime.summary()) is compiled
+        assert all(getattr(block, "_compiled_call_impl", None) is not None for block in pipe.transformer.blocks) is compiled
+        plain = generate(pipe, conditioning, GenerationSettings(num_inference_steps=2, segment_frames=5, seed=0)).frames
+        load_lora(pipe, str(lora), adapter_name="extra", weight=1.0)
+        with_lora = generate(
+            pipe, conditioning, GenerationSettings(num_inference_steps=2, segment_frames=5, seed=0, lora_weights={"extra": 1.0})
+        ).frames
+        videos[compiled] = plain, with_lora
+    assert np.abs(videos[False][0].astype(int) - videos[False][1]).max() > 0  # the LoRA changes the video
+    for eager, compiled in zip(videos[False], videos[True]):
+        assert np.abs(eager.astype(int) - compiled).max() <= 1
+
+
+def test_vae_tiling_can_be_asked_for(tiny_checkpoint):
+    pipe = load_pipeline(tiny_checkpoint, allow_cpu=True, vae_tiling=True)
+    assert pipe.vae.use_tiling and pipe.wan_runtime.vae_tiling and "VAE tiling" in pipe.wan_runtime.summary()
+    assert not load_pipeline(tiny_checkpoint, allow_cpu=True).vae.use_tiling  # auto: no tiling on the CPU

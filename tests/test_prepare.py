@@ -18,6 +18,7 @@ from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, siz
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
 from wan_animate.preprocess.keypoints import split_wholebody
 from wan_animate.preprocess.mask import PointPrompt
+from wan_animate.preprocess.report import QualityReport
 from wan_animate.preprocess.sizing import letterbox, output_size
 from wan_animate.preprocess.skeleton import draw_skeleton
 
@@ -39,10 +40,13 @@ def hand_made_keypoints(height: int, width: int, face_score: float = 0.9) -> np.
 
 
 class FakeDetector:
-    def __init__(self, people_per_frame=None):
+    def __init__(self, people_per_frame=None, device="cpu"):
         self.people = people_per_frame
+        self.device = device
+        self.seen = []  # every frame it was asked about, in order
 
     def detect(self, frames, *, score_threshold=0.5, batch_size=8):
+        self.seen += list(frames)
         out = []
         for frame in frames:
             h, w = frame.shape[:2]
@@ -92,10 +96,10 @@ def media(tmp_path):
     return {"video": video, "photo": photo, "frames": frames}
 
 
-def decoded(path):
+def decoded(path, size=None):
     from wan_animate.video import read_video
 
-    return read_video(path, fps=None, max_seconds=None).frames
+    return read_video(path, fps=None, max_seconds=None, size=size).frames
 
 
 def test_animation_draws_on_the_driving_canvas_and_letterboxes(media, tmp_path, monkeypatch):
@@ -214,3 +218,97 @@ def test_tiny_models_end_to_end(tiny_models, tmp_path, monkeypatch, mode):  # no
     if mode == "replace":
         assert 0 < report["mask_coverage"] <= 1 and cond.mask_frames.any()
     assert audio_duration(video) > 0 and cond.audio_source == video
+
+
+# -- detecting on every N-th frame --------------------------------------------------------------------
+
+
+def test_cpu_default_detects_every_fifth_frame_resized_like_the_pose_pass(media, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "ANALYSIS_MAX_SIDE", 160)  # 0.4x: area and bilinear resizing differ
+    detector = FakeDetector(device="cpu")
+    result = fake_preprocessor(detector=detector).prepare(
+        "animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p")
+    )
+    # 30 fps on the CPU: every 5th frame from the first, and the last (here the 5th too).
+    analysis = decoded(media["video"], size=(80, 160))
+    assert len(detector.seen) == 2
+    for frame, index in zip(detector.seen, [0, 5]):
+        assert np.array_equal(frame, analysis[index])  # only these were resized, by the pose pass's rule
+    assert result.report.person_frames == FRAMES  # boxes in between were interpolated
+    assert (result.report.detect_every, result.report.detect_device) == (5, "cpu")
+
+
+def test_gpu_default_detects_every_frame(media, tmp_path):
+    detector = FakeDetector(device="cuda:0")
+    result = fake_preprocessor(detector=detector).prepare("animate", media["photo"], media["video"], tmp_path / "job")
+    assert len(detector.seen) == FRAMES
+    assert result.report.detect_every == 1
+    assert "- **People detected** on every frame (CUDA)" in result.report.to_markdown()
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_a_miss_on_a_detected_frame_is_reported_not_interpolated(media, tmp_path, mode):
+    # Stride 2 on 6 frames detects frames 0, 2, 4 and the last, 5; the person is missing on frame 2.
+    detector = FakeDetector(people_per_frame=[1, 0, 1, 1])
+    options = PreprocessOptions(resolution="480p", detect_every=2)
+    result = fake_preprocessor(detector=detector).prepare(mode, media["photo"], media["video"], tmp_path / "job", options)
+    assert len(detector.seen) == 4 and detector.people == []
+    report = result.report
+    assert report.person_frames == 3  # frames 0, 4, 5: nothing invented over 1..3
+    assert any("missing in 3 frames" in warning for warning in report.warnings)
+    assert report.to_dict()["detect_every"] == 2 and report.to_dict()["detect_device"] == "cpu"
+
+
+def test_a_detection_stride_below_one_is_refused(media, tmp_path):
+    options = PreprocessOptions(detect_every=0)
+    with pytest.raises(WanAnimateError, match="detection stride must be 1"):
+        fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "job", options)
+    assert not (tmp_path / "job").exists()
+
+
+def test_report_says_how_often_people_were_detected():
+    report = QualityReport(frames=60, person_frames=60, persons_seen=1, mean_pose_confidence=0.9, face_found_ratio=1.0)
+    assert report.detect_every == 1 and "- **People detected** on every frame\n" in report.to_markdown() + "\n"
+    report.detect_every, report.detect_device = 5, "cpu"
+    assert "- **People detected** on every 5th frame (CPU), boxes in between interpolated" in report.to_markdown()
+    report.detect_every, report.detect_device = 3, "cuda:1"
+    assert "on every 3rd frame (CUDA)" in report.to_markdown()
+    assert report.to_dict()["detect_every"] == 3 and report.to_dict()["detect_device"] == "cuda:1"
+
+
+def test_tiny_models_detect_on_the_stride_the_last_and_the_clicked_frame(tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    from tests.e2e_fixtures import dancing_frames
+
+    frames = dancing_frames(11)
+    frames[:, 58:] = (40 + 10 * np.arange(11)).astype(np.uint8)[:, None, None, None]  # tell the frames apart
+    video = write_test_video(tmp_path / "dance.mp4", frames, 30.0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(frames[0]).save(photo)
+    analysis = decoded(video)  # 64 x 48 is analysed at its own size
+    preprocessor = Preprocessor(tiny_models.detector, tiny_models.pose, tiny_models.sam2, device="cpu")
+    # Click the middle of the largest person box of frame 4 (the click is in output-size pixels).
+    boxes = preprocessor.detector.detect([analysis[4]])[0]
+    x1, y1, x2, y2 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), :4]
+    size = output_size(64, 48, "480p")
+    point = (4, (x1 + x2) / 2 * size[1] / 48, (y1 + y2) / 2 * size[0] / 64)
+
+    seen = []
+    detect = preprocessor.detector.detect
+
+    def counting_detect(batch, **kwargs):
+        seen.extend(batch)
+        return detect(batch, **kwargs)
+
+    monkeypatch.setattr(preprocessor.detector, "detect", counting_detect)
+    options = PreprocessOptions(resolution="480p", detect_every=3, person_point=point)
+    result = preprocessor.prepare("animate", photo, video, tmp_path / "job", options)
+    indices = []
+    for frame in seen:
+        matches = [index for index, decoded_frame in enumerate(analysis) if np.array_equal(frame, decoded_frame)]
+        assert len(matches) == 1
+        indices += matches
+    assert indices == [0, 3, 4, 6, 9, 10]  # the stride, the clicked frame and the last frame
+    report = result.report
+    assert result.conditioning.num_frames == 11 and report.person_frames == 11
+    assert report.to_dict()["detect_every"] == 3 and "on every 3rd frame (CPU)" in report.to_markdown()

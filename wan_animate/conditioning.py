@@ -9,6 +9,7 @@ upstream scripts can be used here and ours can be inspected.
 from __future__ import annotations
 
 import json
+from functools import partial
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import WanAnimateError
-from .video import read_image, read_video, write_video
+from .video import FAST_PRESET, read_image, read_video, write_video
 
 Mode = Literal["animate", "replace"]
 MODES: tuple[Mode, ...] = ("animate", "replace")
@@ -150,11 +151,13 @@ class Conditioning:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             Image.fromarray(self.reference_image).save(staging / REFERENCE_FILE)
-            write_video(staging / POSE_FILE, self.pose_frames, self.fps)
-            write_video(staging / FACE_FILE, self.face_frames, self.fps)
+            # crf 18 at x264's veryfast preset: the same error as medium, twice as fast (see FAST_PRESET).
+            write = partial(write_video, fps=self.fps, preset=FAST_PRESET)
+            write(staging / POSE_FILE, self.pose_frames)
+            write(staging / FACE_FILE, self.face_frames)
             if self.mode == "replace":
-                write_video(staging / BACKGROUND_FILE, self.background_frames, self.fps)
-                write_video(staging / MASK_FILE, (np.repeat(m[..., None], 3, axis=2) * 255 for m in self.mask_frames), self.fps)
+                write(staging / BACKGROUND_FILE, self.background_frames)
+                write(staging / MASK_FILE, (np.repeat(m[..., None], 3, axis=2) * 255 for m in self.mask_frames))
             metadata = {"mode": self.mode, "fps": self.fps, "num_frames": self.num_frames, "audio_start": self.audio_start}
             if self.audio_source is not None:
                 metadata["audio_source"] = str(self.audio_source)

@@ -1,5 +1,13 @@
 """Setting presets, the draft job, and GPU-time estimates (used by the app and for ZeroGPU durations).
 
+The fast preset runs a few-step distillation LoRA with the schedule its authors trained it for. The default
+is lightx2v's step- and CFG-distilled Wan2.1 I2V 14B 480p model as a LoRA, in the file that community
+Wan-Animate workflows load (Kijai's WanVideoWrapper example for Wan-Animate). For their I2V distillation LoRA
+lightx2v document (ModelTC/LightX2V ``configs/distill/wan_i2v_distill_4step_cfg_lora.json`` and
+``docs/EN/source/method_tutorials/step_distill.md``): strength 1.0, 4 steps at the timesteps 1000, 750, 500,
+250 (0-1000 training scale, before the shift), shift 5, no CFG, and an LCM sampler: predict the clean latent
+at each timestep, then re-noise it to the next one.
+
 The time figures are per denoising step and per segment, measured for Wan2.2-Animate-14B in bf16 on one
 H100 with everything on the GPU; `benchmarks/` refines them. They are estimates for scheduling (a ZeroGPU
 job must say up front how long it will hold the GPU), not promises.
@@ -7,14 +15,16 @@ job must say up front how long it will hold the GPU), not promises.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import WanAnimateError
 from .generate import GenerationSettings, estimate_steps
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import WanAnimatePipeline
 
 Resolution = Literal["720p", "480p"]
@@ -22,29 +32,140 @@ Resolution = Literal["720p", "480p"]
 FAST_ADAPTER = "fast"
 """Adapter name under which a few-step LoRA (the fast preset) is loaded on the pipeline."""
 
+FAST_LORA_REPO = "Kijai/WanVideo_comfy"
+FAST_LORA_FILE = "Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+DEFAULT_FAST_LORA = f"{FAST_LORA_REPO}::{FAST_LORA_FILE}"
+"""lightx2v's Wan2.1 I2V 14B 480p step + CFG distillation as a rank-64 bf16 LoRA in ComfyUI key format, from
+Kijai's WanVideo_comfy repository: the file Wan-Animate workflows load. (lightx2v's own
+``Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors`` also holds modulation diffs, ``diff_m``,
+that a LoRA on diffusers' transformer cannot carry.)"""
+
+FAST_LORA_WEIGHT = 1.0
+"""Strength of the few-step LoRA: lightx2v's documented strength for its 4-step schedule (Kijai's Wan-Animate
+example uses 1.2, but with 6 dpm++_sde steps, not this schedule)."""
+
+
+@functools.cache
+def _fixed_step_scheduler_class() -> type:
+    """diffusers' `FlowMatchLCMScheduler` on a fixed timestep list (defined on first use: diffusers loads late).
+
+    `WanAnimatePipeline` calls ``scheduler.set_timesteps(num_inference_steps)`` and ``scheduler.step(...)``
+    without timesteps, sigmas or a generator, and no stock scheduler config gives lightx2v's timesteps from a
+    step count, so this subclass keeps the list in its config and draws its re-noising from the job's generator.
+    """
+    from diffusers.configuration_utils import register_to_config
+    from diffusers.schedulers.scheduling_flow_match_lcm import FlowMatchLCMScheduler
+
+    class FixedStepFlowMatchLCMScheduler(FlowMatchLCMScheduler):
+        """Flow-matching LCM steps at fixed, shifted timesteps (lightx2v's step-distillation sampler)."""
+
+        @register_to_config
+        def __init__(self, denoising_timesteps: tuple[float, ...], shift: float, num_train_timesteps: int = 1000):
+            super().__init__(num_train_timesteps=num_train_timesteps, shift=shift)
+            self.generator: torch.Generator | None = None
+
+        def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None) -> None:
+            fixed = self.config.denoising_timesteps
+            if num_inference_steps not in (None, len(fixed)):
+                raise ValueError(f"This schedule runs exactly the {len(fixed)} timesteps {list(fixed)}.")
+            # Unshifted sigmas t / T; the parent shifts them, uses sigma * T as timesteps and appends sigma 0.
+            super().set_timesteps(device=device, sigmas=[t / self.config.num_train_timesteps for t in fixed])
+
+        def step(
+            self,
+            model_output: torch.Tensor,
+            timestep: float | torch.Tensor,
+            sample: torch.Tensor,
+            generator: torch.Generator | None = None,
+            return_dict: bool = True,
+        ) -> Any:
+            # The pipeline passes no generator; the job's keeps a seed's video reproducible.
+            generator = generator if generator is not None else self.generator
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+
+    return FixedStepFlowMatchLCMScheduler
+
+
+@dataclass(frozen=True)
+class FewStepSchedule:
+    """The sampling a few-step distillation LoRA was trained for (a `JobScheduler` for `GenerationSettings`).
+
+    Attributes:
+        denoising_timesteps: Timesteps on the 0-1000 training scale before the shift, one per step
+            (lightx2v's ``denoising_step_list``).
+        shift: Flow shift applied to them: sigma = shift * s / (1 + (shift - 1) * s) with s = t / 1000
+            (lightx2v's ``sample_shift``).
+        num_train_timesteps: The training scale of the timesteps.
+    """
+
+    denoising_timesteps: tuple[float, ...]
+    shift: float
+    num_train_timesteps: int = 1000
+
+    @property
+    def steps(self) -> int:
+        """Denoising steps per segment: one per timestep."""
+        return len(self.denoising_timesteps)
+
+    def check(self, num_inference_steps: int) -> None:
+        """Raise `WanAnimateError` unless ``num_inference_steps`` is this schedule's step count."""
+        if num_inference_steps != self.steps:
+            raise WanAnimateError(
+                f"The few-step LoRA runs exactly {self.steps} steps (timesteps "
+                f"{', '.join(f'{t:g}' for t in self.denoising_timesteps)}), not {num_inference_steps}: "
+                "use the fast preset as it is, or the quality preset for other step counts."
+            )
+
+    def build(self, generator: torch.Generator) -> Any:
+        """A new scheduler for one pipeline call, re-noising from ``generator`` (the job's)."""
+        scheduler = _fixed_step_scheduler_class()(
+            denoising_timesteps=tuple(float(t) for t in self.denoising_timesteps),
+            shift=self.shift,
+            num_train_timesteps=self.num_train_timesteps,
+        )
+        scheduler.generator = generator
+        return scheduler
+
+
+LIGHTX2V_SCHEDULE = FewStepSchedule(denoising_timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0)
+"""lightx2v's documented schedule for its Wan2.1 step-distillation LoRAs (4 LCM steps, shift 5)."""
+
 
 @dataclass(frozen=True)
 class Preset:
-    """A named choice of steps, optionally with the few-step LoRA switched on.
+    """A named choice of steps, optionally with the few-step LoRA and its schedule switched on.
 
     Attributes:
         name: Key used by the app and its API (``"quality"`` or ``"fast"``).
         label: What the app shows.
         steps: Denoising steps per segment.
         uses_fast_lora: Whether the few-step LoRA must be loaded and is switched on.
+        fast_lora_weight: Weight of the few-step adapter in this preset (0 = off).
+        guidance_scale: Guidance the preset requires (1.0 for a CFG-distilled LoRA); ``None`` keeps the job's.
+        schedule: The schedule the few-step LoRA was trained for; ``None`` keeps the model's own scheduler.
     """
 
     name: str
     label: str
     steps: int
     uses_fast_lora: bool
+    fast_lora_weight: float = 0.0
+    guidance_scale: float | None = None
+    schedule: FewStepSchedule | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule is not None:
+            self.schedule.check(self.steps)
 
 
 PRESETS: dict[str, Preset] = {
     # The model's own schedule (contract: 20 steps, flow shift 5, no CFG).
     "quality": Preset("quality", "Quality (20 steps)", 20, False),
-    # Few-step distillation LoRAs for Wan2.x (e.g. lightx2v) are trained for 4 steps without CFG.
-    "fast": Preset("fast", "Fast (4 steps, few-step LoRA)", 4, True),
+    # The few-step LoRA is step- and CFG-distilled: its 4 trained timesteps, no CFG.
+    "fast": Preset(
+        "fast", "Fast (4 steps, few-step LoRA)", LIGHTX2V_SCHEDULE.steps, True,
+        fast_lora_weight=FAST_LORA_WEIGHT, guidance_scale=1.0, schedule=LIGHTX2V_SCHEDULE,
+    ),
 }
 
 
@@ -70,10 +191,33 @@ def get_preset(name: str, fast_lora: bool) -> Preset:
 
 
 def preset_lora_weights(preset: Preset, fast_lora_loaded: bool) -> dict[str, float]:
-    """LoRA weights for a job: the few-step adapter on for the fast preset, off (0) otherwise."""
+    """LoRA weights for a job: the few-step adapter at its weight for the fast preset, off (0) otherwise."""
     if not fast_lora_loaded:
         return {}
-    return {FAST_ADAPTER: 1.0 if preset.uses_fast_lora else 0.0}
+    return {FAST_ADAPTER: preset.fast_lora_weight if preset.uses_fast_lora else 0.0}
+
+
+def apply_preset(settings: GenerationSettings, preset: Preset, fast_lora_loaded: bool) -> GenerationSettings:
+    """The job's settings under ``preset``: its LoRA weight, schedule and guidance (a copy; steps as below).
+
+    A preset with a schedule also sets the steps (a few-step LoRA runs only its trained timesteps) and the
+    guidance it needs; the quality preset keeps the job's steps and guidance and the model's own scheduler,
+    and switches the few-step adapter off.
+
+    Raises:
+        WanAnimateError: ``preset`` needs the few-step LoRA and it is not loaded.
+    """
+    if preset.uses_fast_lora and not fast_lora_loaded:
+        raise WanAnimateError(f"The {preset.name} preset needs the few-step LoRA; load it first (ensure_fast_lora).")
+    changes: dict[str, Any] = {
+        "lora_weights": {**settings.lora_weights, **preset_lora_weights(preset, fast_lora_loaded)},
+        "scheduler": preset.schedule,
+    }
+    if preset.schedule is not None:
+        changes["num_inference_steps"] = preset.steps
+    if preset.guidance_scale is not None:
+        changes["guidance_scale"] = preset.guidance_scale
+    return replace(settings, **changes)
 
 
 def parse_lora_source(spec: str) -> tuple[str, str | None]:
@@ -84,11 +228,12 @@ def parse_lora_source(spec: str) -> tuple[str, str | None]:
     return source, file_name or None
 
 
-def ensure_fast_lora(pipeline: "WanAnimatePipeline", spec: str) -> None:
+def ensure_fast_lora(pipeline: WanAnimatePipeline, spec: str = DEFAULT_FAST_LORA) -> None:
     """Load the few-step LoRA ``spec`` (``hub/repo::file`` or a file) as adapter `FAST_ADAPTER`, once.
 
-    It is loaded switched off (weight 0); each job's `preset_lora_weights` turns it on or off. Callers that
-    share one pipeline between threads hold a lock around this call.
+    By default it is `DEFAULT_FAST_LORA`, by repo id and file name through the huggingface_hub cache. It is
+    loaded switched off (weight 0); each job's `preset_lora_weights` turns it on or off. Callers that share one
+    pipeline between threads hold a lock around this call.
     """
     from .lora import load_lora
 
@@ -98,7 +243,7 @@ def ensure_fast_lora(pipeline: "WanAnimatePipeline", spec: str) -> None:
         load_lora(pipeline, source, weight_name=file_name, adapter_name=FAST_ADAPTER, weight=0.0)
 
 
-def ensure_relighting_lora(pipeline: "WanAnimatePipeline", source: str) -> None:
+def ensure_relighting_lora(pipeline: WanAnimatePipeline, source: str) -> None:
     """Load the relighting LoRA from ``source`` (a file, a folder, or a hub id), once, switched off.
 
     Without this, generation loads the hub's ``relighting_lora.ckpt`` the first time Replacement needs it;
@@ -132,15 +277,9 @@ def draft_span(start: float, end: float | None, fps: float, segment_frames: int 
 
 
 def draft_settings(settings: GenerationSettings, fast_lora: bool) -> GenerationSettings:
-    """Settings of a draft: the fast preset's steps when the few-step LoRA is there, else the job's own steps."""
+    """Settings of a draft: the fast preset when the few-step LoRA is there, else the job's own settings."""
     if fast_lora:
-        fast = PRESETS["fast"]
-        return replace(
-            settings,
-            num_inference_steps=fast.steps,
-            guidance_scale=1.0,
-            lora_weights={**settings.lora_weights, FAST_ADAPTER: 1.0},
-        )
+        return apply_preset(settings, PRESETS["fast"], fast_lora_loaded=True)
     return replace(settings)
 
 
@@ -230,12 +369,19 @@ def format_minutes(seconds: float) -> str:
 
 
 __all__ = [
+    "DEFAULT_FAST_LORA",
     "DRAFT_RESOLUTION",
     "FAST_ADAPTER",
+    "FAST_LORA_FILE",
+    "FAST_LORA_REPO",
+    "FAST_LORA_WEIGHT",
+    "LIGHTX2V_SCHEDULE",
     "PRESETS",
     "STEP_TIMES",
+    "FewStepSchedule",
     "Preset",
     "StepTimes",
+    "apply_preset",
     "available_presets",
     "draft_settings",
     "draft_span",

@@ -2,15 +2,16 @@
 
 The contract (``WAN_ANIMATE_CONTRACT.md``, Keypoints) asks for a person detector before the whole-body pose
 model, the largest person by default, and an Apache/MIT detector instead of upstream's AGPL YOLOv10. We use
-RT-DETRv2 (Apache-2.0) through `transformers`.
+RT-DETRv2 (Apache-2.0) through `transformers`. On the CPU the detector runs on every few frames only and the
+boxes in between are interpolated (`detection_stride`, `interpolate_boxes`, `follow_person`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ DETECTOR_FILES = ["config.json", "preprocessor_config.json", "*.safetensors"]
 """The only files of a detector repository that loading needs."""
 
 PERSON_LABEL = "person"
+
+CPU_DETECT_SECONDS = 1 / 6
+"""On the CPU the detector runs once per this many seconds of clip (every 5th frame at 30 fps), see
+`detection_stride`: RT-DETRv2 R50 costs about as much per frame as ViTPose-H there (~5.6 s each on 2 cores,
+``benchmarks/RESULTS_preprocess.md``), so detecting on every frame doubles the preprocessing time."""
 
 DUPLICATE_IOU = 0.7
 """Person boxes overlapping more than this are one person seen twice by two queries: keep the higher score.
@@ -233,7 +239,8 @@ def track_person(
     persons_seen = max((len(frame_boxes) for frame_boxes in detections), default=0)
     chosen_by = "largest" if point is None else "point"
     if point is not None:
-        chosen_frame, chosen_row = _box_at_point(detections, point)
+        chosen_frame = _point_frame(point, len(detections))
+        chosen_row = _box_at_point(detections[chosen_frame], chosen_frame, point)
     if persons_seen == 0:
         return PersonTrack(boxes=boxes, persons_seen=0, chosen_by=chosen_by)
     if persons_seen == 1:
@@ -256,15 +263,24 @@ def _track_area(track: dict[int, int], detections: Sequence[np.ndarray]) -> floa
     return float(sum(_area(np.asarray(detections[frame])[row, :4]) for frame, row in track.items()))
 
 
-def _box_at_point(detections: Sequence[np.ndarray], point: tuple[int, float, float]) -> tuple[int, int]:
-    """(frame, row) of the smallest box containing the chosen point: the most specific person under it."""
-    frame_index, x, y = int(point[0]), float(point[1]), float(point[2])
-    if not 0 <= frame_index < len(detections):
+def _point_frame(point: tuple[int, float, float], count: int) -> int:
+    """The frame index of a chosen point, which must be a frame of the clip."""
+    frame_index = int(point[0])
+    if not 0 <= frame_index < count:
         raise WanAnimateError(
-            f"The chosen point is on frame {frame_index}, but the clip has {len(detections)} frames. "
+            f"The chosen point is on frame {frame_index}, but the clip has {count} frames. "
             "Click on a frame of the clip."
         )
-    frame_boxes = _rows(detections[frame_index])[:, :4]
+    return frame_index
+
+
+def _box_at_point(boxes: np.ndarray, frame_index: int, point: tuple[int, float, float]) -> int:
+    """Row of the smallest of one frame's boxes containing the chosen point: the most specific person under it.
+
+    ``frame_index`` is the clip frame the boxes are on, for the message.
+    """
+    x, y = float(point[1]), float(point[2])
+    frame_boxes = _rows(boxes)[:, :4]
     inside = (frame_boxes[:, 0] <= x) & (x <= frame_boxes[:, 2]) & (frame_boxes[:, 1] <= y) & (y <= frame_boxes[:, 3])
     if not inside.any():
         raise WanAnimateError(
@@ -272,4 +288,149 @@ def _box_at_point(detections: Sequence[np.ndarray], point: tuple[int, float, flo
             "Click on the person to follow, or leave the choice empty to follow the largest person."
         )
     rows = np.flatnonzero(inside)
-    return frame_index, int(rows[np.argmin(_area(frame_boxes[rows]))])
+    return int(rows[np.argmin(_area(frame_boxes[rows]))])
+
+
+# -- detecting on every N-th frame ----------------------------------------------------------------------
+
+
+def detection_stride(requested: int | None, device: str, fps: float) -> int:
+    """How many frames apart the person detector runs.
+
+    On a GPU the detector is cheap next to everything else, so it runs on every frame. On the CPU it costs
+    as much as the pose model, so by default it runs once per `CPU_DETECT_SECONDS` (1/6 s: every 5th frame
+    at 30 fps) and the boxes in between are interpolated (`interpolate_boxes`). Why that is safe: ViTPose
+    crops the person box enlarged 1.25x (contract, Keypoints), a margin of 12.5 % of the box on each side.
+    Linear interpolation follows steady motion exactly; what it misses is the change of velocity over the
+    gap, at most ``a * T**2 / 8`` at the middle of a gap of ``T`` seconds. For ``T`` = 1/6 s that stays
+    inside the margin of a 0.4 m wide box (5 cm) up to an acceleration of about 14 m/s^2 (1.5 g) of the
+    whole box, which walking and dancing mostly stay below; a sudden kick, jump or flung arm may be cut at
+    the crop's edge for a frame or two: pass 1 to detect on every frame.
+
+    Args:
+        requested: The caller's stride; ``None`` picks the default above.
+        device: Torch device the detector runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        fps: Frame rate of the analysed frames.
+
+    Returns:
+        The stride, 1 or more.
+
+    Raises:
+        WanAnimateError: When ``requested`` is below 1.
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise WanAnimateError(f"The detection stride must be 1 (every frame) or more, not {requested}.")
+        return int(requested)
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, round(fps * CPU_DETECT_SECONDS))
+
+
+def is_detection_frame(index: int, every: int, extra: Container[int] = ()) -> bool:
+    """Whether frame ``index`` is one the detector runs on, before knowing where the clip ends.
+
+    Every ``every``-th frame from the first one, and the ``extra`` frames (the frame of a chosen point, so the
+    clicked person is found on the very frame they were clicked on). A streaming pass adds the last frame
+    once it knows it is the last (see `detection_frames`).
+    """
+    return index % every == 0 or index in extra
+
+
+def detection_frames(count: int, every: int, extra: Iterable[int] = ()) -> list[int]:
+    """The frames of a clip of ``count`` frames that the detector runs on, in order.
+
+    Every ``every``-th frame from the first, the last frame (so the end of the clip is detected rather than
+    extrapolated), and the ``extra`` frames inside the clip.
+
+    Args:
+        count: Frames in the clip.
+        every: Stride, 1 or more.
+        extra: Frames that must be detected as well (e.g. a chosen point's frame); those outside are ignored.
+
+    Returns:
+        Sorted unique frame indices.
+    """
+    extra = set(extra)
+    return [index for index in range(count) if is_detection_frame(index, every, extra) or index == count - 1]
+
+
+def interpolate_boxes(frames: Sequence[int], boxes: np.ndarray, count: int) -> np.ndarray:
+    """Boxes of every frame from the boxes of the detected frames.
+
+    Between two neighbouring detected frames where the person was found on both, the box moves linearly
+    (see `detection_stride` for why that stays inside ViTPose's crop margin). Where the person was missing
+    on either of the two, the frames between stay missing, so the person-found count and the "person in too
+    few frames" check see every gap. Before the first and after the last detected frame, that frame's box is
+    held (missing if it is).
+
+    Args:
+        frames: Detected frame indices, strictly increasing, inside ``0 .. count - 1``.
+        boxes: (len(frames), 4) ``x1, y1, x2, y2`` per detected frame, NaN rows where the person was missing.
+        count: Frames in the clip.
+
+    Returns:
+        (count, 4) float32 boxes, NaN rows where the person is missing.
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(frames) != len(boxes):
+        raise ValueError(f"{len(frames)} detected frames but {len(boxes)} boxes")
+    if len(frames) and (frames[0] < 0 or frames[-1] >= count or (np.diff(frames) <= 0).any()):
+        raise ValueError("detected frames must be strictly increasing and inside the clip")
+    result = np.full((count, 4), np.nan, dtype=np.float64)
+    if not len(frames):
+        return result.astype(np.float32)
+    result[frames] = boxes
+    for before, after, box_before, box_after in zip(frames[:-1], frames[1:], boxes[:-1], boxes[1:]):
+        # NaN in either end makes the whole span NaN, which is the rule for gaps.
+        weight = (np.arange(before + 1, after) - before)[:, None] / (after - before)
+        result[before + 1 : after] = box_before + weight * (box_after - box_before)
+    result[: frames[0]] = boxes[0]
+    result[frames[-1] + 1 :] = boxes[-1]
+    return result.astype(np.float32)
+
+
+def follow_person(
+    detections: Sequence[np.ndarray],
+    frames: Sequence[int],
+    count: int,
+    *,
+    point: tuple[int, float, float] | None = None,
+    iou_threshold: float = 0.3,
+) -> PersonTrack:
+    """Follow one person through a clip detected on some frames only (`track_person`, then `interpolate_boxes`).
+
+    The person is tracked over the detected frames alone, so between two of them a person moves further
+    than between two consecutive frames: a box shifted sideways by ``s`` of its width ``w`` keeps an IoU of
+    ``(w - s) / (w + s)``, e.g. 0.33 for someone 0.5 m wide walking across at 1.5 m/s over 1/6 s, just above
+    the default ``iou_threshold``. With one person in view that does not matter (every box is theirs); with
+    several, faster sideways motion can split the track, and the frames of the other pieces are then missing.
+
+    Args:
+        detections: Per detected frame (N, 5) person boxes, as from `PersonDetector.detect`.
+        frames: The clip frame index of each entry of ``detections``, strictly increasing.
+        count: Frames in the clip.
+        point: ``(frame index, x, y)`` on the chosen person; its frame must be one of ``frames``.
+        iou_threshold: Minimum IoU between a person's boxes on consecutive detected frames.
+
+    Returns:
+        The followed person's boxes on every frame of the clip, NaN rows where they are missing.
+
+    Raises:
+        WanAnimateError: When ``point`` is on no detected person or names a frame outside the clip.
+    """
+    frames = [int(frame) for frame in frames]
+    if len(frames) != len(detections):
+        raise ValueError(f"{len(frames)} frame indices for {len(detections)} detections")
+    position_point = None
+    if point is not None:
+        frame_index = _point_frame(point, count)
+        if frame_index not in frames:
+            raise ValueError(f"frame {frame_index} of the chosen point was not detected on")
+        position = frames.index(frame_index)
+        _box_at_point(detections[position], frame_index, point)  # the message names the clip's frame
+        position_point = (position, float(point[1]), float(point[2]))
+    track = track_person(detections, point=position_point, iou_threshold=iou_threshold)
+    boxes = interpolate_boxes(frames, track.boxes, count)
+    return PersonTrack(boxes=boxes, persons_seen=track.persons_seen, chosen_by=track.chosen_by)

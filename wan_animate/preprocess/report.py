@@ -16,6 +16,9 @@ class QualityReport:
         mean_pose_confidence: Mean score of the 20 body keypoints over frames with the person (0..1).
         face_found_ratio: Fraction of frames whose face landmarks were found (others reuse the last box).
         mask_coverage: Replacement only: mean fraction of the frame the mask regenerates.
+        detect_every: The person detector ran on every this-many-th frame (and the last); the boxes in
+            between were interpolated.
+        detect_device: Where the detector ran (``"cpu"``, ``"cuda"``, ...), which decided the default stride.
         warnings: Plain-language problems worth fixing before generating.
     """
 
@@ -25,20 +28,32 @@ class QualityReport:
     mean_pose_confidence: float
     face_found_ratio: float
     mask_coverage: float | None = None
+    detect_every: int = 1
+    detect_device: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         """The report as a short Markdown list for the app."""
         lines = [
-            f"- **Person found** in {self.person_frames} of {self.frames} frames"
-            f" ({self.persons_seen} {'person' if self.persons_seen == 1 else 'people'} seen at most)",
+            (
+                f"- **Person found** in {self.person_frames} of {self.frames} frames"
+                f" ({self.persons_seen} {'person' if self.persons_seen == 1 else 'people'} seen at most)"
+            ),
             f"- **Pose confidence**: {self.mean_pose_confidence:.2f}",
             f"- **Face found** in {self.face_found_ratio:.0%} of frames",
         ]
         if self.mask_coverage is not None:
             lines.append(f"- **Mask covers** {self.mask_coverage:.0%} of the frame")
+        lines.append(f"- **People detected** {self.detection_text()}")
         lines += [f"- ⚠️ {warning}" for warning in self.warnings]
         return "\n".join(lines)
+
+    def detection_text(self) -> str:
+        """How often people were detected, e.g. "on every 5th frame (CPU), boxes in between interpolated"."""
+        device = "" if not self.detect_device else f" ({self.detect_device.split(':')[0].upper()})"
+        if self.detect_every == 1:
+            return f"on every frame{device}"
+        return f"on every {_ordinal(self.detect_every)} frame{device}, boxes in between interpolated"
 
     def to_dict(self) -> dict:
         """The report as plain JSON-ready values (the client API returns it)."""
@@ -49,5 +64,13 @@ class QualityReport:
             "mean_pose_confidence": round(self.mean_pose_confidence, 4),
             "face_found_ratio": round(self.face_found_ratio, 4),
             "mask_coverage": None if self.mask_coverage is None else round(self.mask_coverage, 4),
+            "detect_every": self.detect_every,
+            "detect_device": self.detect_device,
             "warnings": list(self.warnings),
         }
+
+
+def _ordinal(number: int) -> str:
+    """2nd, 3rd, 5th, 11th, 12th, 13th, 21st, ..."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
