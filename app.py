@@ -740,19 +740,24 @@ class Studio:
             start, end = draft_span(start, end, fps or info.fps)
         return estimate_frames(info.duration, info.fps, fps, start, end)
 
+    def _estimated_settings(self, arguments: dict) -> GenerationSettings:
+        """The settings a generation call will run with, as far as its GPU time goes (the preset sets the steps)."""
+        settings = GenerationSettings(num_inference_steps=int(arguments["steps"]), guidance_scale=float(arguments["guidance"]), overlap_frames=int(arguments["overlap"]))
+        return apply_preset(settings, get_preset(arguments.get("preset", "quality"), self.fast_available), self.fast_available)
+
     def _extract_seconds(self, arguments: dict) -> float:
         mode = "animate" if "retarget" in arguments else "replace"
         return estimate_preprocess_seconds(self._frames_of(arguments), mode)
 
     def _generate_seconds(self, arguments: dict) -> float:
         job = open_job(self.work_root, arguments["job_id"])
-        settings = GenerationSettings(num_inference_steps=int(arguments["steps"]), guidance_scale=float(arguments["guidance"]), overlap_frames=int(arguments["overlap"]))
+        settings = self._estimated_settings(arguments)
         return estimate_generation_seconds(job.record.num_frames or 1, job.record.resolution, settings)
 
     def _oneshot_seconds(self, arguments: dict, draft: bool = False) -> float:
         frames = self._frames_of(arguments, draft)
         mode = "animate" if "retarget" in arguments else "replace"
-        settings = GenerationSettings(num_inference_steps=int(arguments["steps"]), guidance_scale=float(arguments["guidance"]), overlap_frames=int(arguments["overlap"]))
+        settings = self._estimated_settings(arguments)
         resolution = DRAFT_RESOLUTION if draft else arguments["resolution"]
         if draft:
             settings = draft_settings(settings, self.fast_available)
@@ -920,7 +925,7 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
             step_cache = gr.Dropdown(
                 [("Off", "none"), ("First-block cache", "first_block"), ("TaylorSeer (lite)", "taylorseer")],
                 value="none", label="Step cache (experimental)",
-                info="Skips parts of some steps: ~1.6x faster at 480p; its quality cost is not known yet.",
+                info="Skips parts of some steps: ~1.6x faster at 480p; its quality cost is not known yet. Off in the fast preset.",
             )
         with gr.Row():
             color_match = gr.Checkbox(label="Colour consistency across segments", value=False)

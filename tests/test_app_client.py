@@ -167,6 +167,8 @@ def test_gpu_actions_ask_for_time_from_the_job(served_demo, client, e2e_media):
     expected = gpu_duration(estimate_generation_seconds(DRIVING_FRAMES, "720p", GenerationSettings(num_inference_steps=20)))
     assert duration(job_id, "quality", 20, -1, 1.0, 1, False) == expected
     assert duration(job_id, "quality", 40, -1, 1.0, 1, False) > expected
+    fast = gpu_duration(estimate_generation_seconds(DRIVING_FRAMES, "720p", GenerationSettings(num_inference_steps=4)))
+    assert duration(job_id, "fast", 20, -1, 1.0, 1, False) == fast < expected  # the preset's 4 steps, not the slider's
     draft = studio._duration(studio.animate_draft, studio._draft_seconds)
     oneshot = studio._duration(studio.animate_oneshot, studio._oneshot_seconds)
     photo, video = str(e2e_media["photo"]), str(e2e_media["video"])

@@ -90,9 +90,9 @@ def test_draft_settings_use_the_fast_preset_when_there_is_one():
 
 
 def test_apply_preset_sets_the_schedule_steps_guidance_and_weight():
-    job = GenerationSettings(num_inference_steps=12, guidance_scale=2.5, seed=3, lora_weights={"style": 0.5})
+    job = GenerationSettings(num_inference_steps=12, guidance_scale=2.5, seed=3, lora_weights={"style": 0.5}, step_cache="first_block")
     fast = apply_preset(job, PRESETS["fast"], fast_lora_loaded=True)
-    assert (fast.num_inference_steps, fast.guidance_scale, fast.seed) == (4, 1.0, 3)
+    assert (fast.num_inference_steps, fast.guidance_scale, fast.seed, fast.step_cache) == (4, 1.0, 3, "none")
     assert fast.lora_weights == {"style": 0.5, FAST_ADAPTER: 1.0}
     assert fast.scheduler.denoising_timesteps == (1000, 750, 500, 250) and fast.scheduler.shift == 5
     fast.check()
@@ -100,7 +100,7 @@ def test_apply_preset_sets_the_schedule_steps_guidance_and_weight():
     quality = apply_preset(fast, PRESETS["quality"], fast_lora_loaded=True)
     assert (quality.scheduler, quality.lora_weights) == (None, {"style": 0.5, FAST_ADAPTER: 0.0})
     quality = apply_preset(job, PRESETS["quality"], fast_lora_loaded=True)
-    assert (quality.num_inference_steps, quality.guidance_scale) == (12, 2.5)
+    assert (quality.num_inference_steps, quality.guidance_scale, quality.step_cache) == (12, 2.5, "first_block")
     with pytest.raises(WanAnimateError, match="few-step LoRA"):
         apply_preset(job, PRESETS["fast"], fast_lora_loaded=False)
     # The distilled LoRA runs only its trained timesteps.

@@ -201,7 +201,7 @@ def apply_preset(settings: GenerationSettings, preset: Preset, fast_lora_loaded:
     """The job's settings under ``preset``: its LoRA weight, schedule and guidance (a copy; steps as below).
 
     A preset with a schedule also sets the steps (a few-step LoRA runs only its trained timesteps) and the
-    guidance it needs; the quality preset keeps the job's steps and guidance and the model's own scheduler,
+    guidance it needs, and turns any step cache off; the quality preset keeps the job's steps and guidance and the model's own scheduler,
     and switches the few-step adapter off.
 
     Raises:
@@ -214,7 +214,9 @@ def apply_preset(settings: GenerationSettings, preset: Preset, fast_lora_loaded:
         "scheduler": preset.schedule,
     }
     if preset.schedule is not None:
+        # A few-step schedule has no near-repeated steps for a step cache to skip: it would only cost quality.
         changes["num_inference_steps"] = preset.steps
+        changes["step_cache"] = "none"
     if preset.guidance_scale is not None:
         changes["guidance_scale"] = preset.guidance_scale
     return replace(settings, **changes)
