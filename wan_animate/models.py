@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -663,6 +664,9 @@ def load_pipeline(
         pipe.vae.enable_tiling()
     if compile_blocks == "auto":
         compile_blocks = device.type == "cuda" and should_compile(memory_mode, total)
+        if compile_blocks and importlib.util.find_spec("triton") is None:
+            logger.warning("Not compiling the transformer: torch.compile needs Triton on the GPU, which is missing.")
+            compile_blocks = False
     if compile_blocks:
         # Compiling one block and reusing it for all 40 costs ~15 s per resolution (diffusers' regional
         # compilation). No fullgraph: LoRA layers added later may break the graph, which must not fail a job.
