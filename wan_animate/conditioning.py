@@ -9,10 +9,10 @@ upstream scripts can be used here and ours can be inspected.
 from __future__ import annotations
 
 import json
-from functools import partial
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
