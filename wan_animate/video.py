@@ -280,8 +280,8 @@ def _rate(fps: float) -> Fraction:
 
 
 FAST_PRESET = "veryfast"
-"""x264 preset of the conditioning and preview videos: measured 2x faster than ``medium`` on skeleton frames at crf 18,
-with the same mean error (0.11 vs 0.10 levels) and 5 % smaller files."""
+"""x264 preset of the conditioning and preview videos: on skeleton frames at crf 18, 1.8x faster than ``medium``
+with nearly the same mean error (0.24 vs 0.20 levels of 255) and 4 % smaller files (`benchmarks/bench_encode.py`)."""
 
 
 def write_video(
@@ -303,8 +303,7 @@ def write_video(
         audio_source: A media file whose first audio stream is carried over (re-encoded to AAC), if it has one.
         audio_start: Second of ``audio_source`` at which the video's first frame starts.
         crf: x264 quality (lower is better; 18 is visually lossless).
-        preset: x264 speed preset; `FAST_PRESET` for intermediate files (about twice as fast as ``medium`` at
-            the same quality, slightly larger files).
+        preset: x264 speed preset; `FAST_PRESET` for intermediate files (see there for its cost).
 
     Returns:
         ``path``.
