@@ -25,7 +25,7 @@ from PIL import Image
 
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
-from .lora import RELIGHT_ADAPTER, load_relighting_lora, set_lora_weights
+from .lora import RELIGHT_ADAPTER, load_relighting_lora, loaded_adapters, set_lora_weights
 from .progress import ProgressCallback
 from .video import write_video
 
@@ -201,7 +201,7 @@ def _to_pil(frames: np.ndarray, mode: str = "RGB") -> list[Image.Image]:
 def _apply_loras(pipeline: "WanAnimatePipeline", conditioning: Conditioning, settings: GenerationSettings) -> None:
     """Switch the LoRA adapters for this job: relighting by mode unless set, plus the named others."""
     relight = settings.relight if settings.relight is not None else conditioning.mode == "replace"
-    loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
+    loaded = loaded_adapters(pipeline)
     if relight and RELIGHT_ADAPTER not in loaded:
         load_relighting_lora(pipeline)
         loaded.add(RELIGHT_ADAPTER)

@@ -454,7 +454,8 @@ def convert_wan_lora_state_dict(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _loaded_adapters(pipeline: "WanAnimatePipeline") -> set[str]:
+def loaded_adapters(pipeline: "WanAnimatePipeline") -> set[str]:
+    """Names of the LoRA adapters loaded on the pipeline (on any of its components)."""
     return {name for names in pipeline.get_list_adapters().values() for name in names}
 
 
@@ -495,7 +496,7 @@ def set_lora_weights(pipeline: "WanAnimatePipeline", weights: Mapping[str, float
     Raises:
         WanAnimateError: If a name is not a loaded adapter or a weight is not a finite number.
     """
-    unknown = sorted(set(weights) - _loaded_adapters(pipeline))
+    unknown = sorted(set(weights) - loaded_adapters(pipeline))
     if unknown:
         raise WanAnimateError(f"LoRA adapter(s) not loaded: {', '.join(unknown)}. Load them first.")
     bad = [name for name, weight in weights.items() if not math.isfinite(weight)]
@@ -503,7 +504,7 @@ def set_lora_weights(pipeline: "WanAnimatePipeline", weights: Mapping[str, float
         raise WanAnimateError(f"LoRA weight must be a finite number for: {', '.join(sorted(bad))}.")
     active = {name: float(weight) for name, weight in weights.items() if weight != 0}
     if not active:
-        if _loaded_adapters(pipeline):
+        if loaded_adapters(pipeline):
             pipeline.disable_lora()
         return
     # set_adapters picks the active adapters but does not undo an earlier disable_lora.
@@ -571,7 +572,7 @@ def _add_adapter(
     Adapters that were active stay active with their weights.
     """
     transformer = pipeline.transformer
-    if adapter_name in _loaded_adapters(pipeline):
+    if adapter_name in loaded_adapters(pipeline):
         raise WanAnimateError(
             f"A LoRA named {adapter_name!r} is already loaded; choose another name or remove it first "
             f"(pipeline.delete_adapters({adapter_name!r}))."

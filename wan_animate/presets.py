@@ -237,10 +237,9 @@ def ensure_fast_lora(pipeline: WanAnimatePipeline, spec: str = DEFAULT_FAST_LORA
     loaded switched off (weight 0); each job's `preset_lora_weights` turns it on or off. Callers that share one
     pipeline between threads hold a lock around this call.
     """
-    from .lora import load_lora
+    from .lora import load_lora, loaded_adapters
 
-    loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
-    if FAST_ADAPTER not in loaded:
+    if FAST_ADAPTER not in loaded_adapters(pipeline):
         source, file_name = parse_lora_source(spec)
         load_lora(pipeline, source, weight_name=file_name, adapter_name=FAST_ADAPTER, weight=0.0)
 
@@ -252,10 +251,9 @@ def ensure_relighting_lora(pipeline: WanAnimatePipeline, source: str) -> None:
     an app pointed at a local copy (or a test's tiny one) loads that instead.
     """
     from .generate import RELIGHT_ADAPTER
-    from .lora import load_relighting_lora
+    from .lora import load_relighting_lora, loaded_adapters
 
-    loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
-    if RELIGHT_ADAPTER not in loaded:
+    if RELIGHT_ADAPTER not in loaded_adapters(pipeline):
         load_relighting_lora(pipeline, source, weight=0.0)
 
 
