@@ -741,9 +741,11 @@ class Studio:
         return estimate_frames(info.duration, info.fps, fps, start, end)
 
     def _estimated_settings(self, arguments: dict) -> GenerationSettings:
-        """The settings a generation call will run with, as far as its GPU time goes (the preset sets the steps)."""
-        settings = GenerationSettings(num_inference_steps=int(arguments["steps"]), guidance_scale=float(arguments["guidance"]), overlap_frames=int(arguments["overlap"]))
-        return apply_preset(settings, get_preset(arguments.get("preset", "quality"), self.fast_available), self.fast_available)
+        """The settings a generation call will run with (the preset sets the steps), for its GPU time."""
+        return self._settings(
+            arguments["preset"], arguments["steps"], arguments["seed"], arguments["guidance"], arguments["overlap"],
+            arguments["color_match"],
+        )
 
     def _extract_seconds(self, arguments: dict) -> float:
         mode = "animate" if "retarget" in arguments else "replace"
