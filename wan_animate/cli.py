@@ -188,8 +188,7 @@ def _generate(args: argparse.Namespace, bar: _Bar) -> int:
                 fp8_storage=args.fp8,
                 keep_bf16_copy=args.keep_bf16_copy,
                 allow_cpu=args.allow_cpu,
-                # Compiling together with context parallelism is untested: off under torchrun unless asked for.
-                compile_blocks=("auto" if parallel is None else False) if args.compile is None else args.compile,
+                compile_blocks="auto" if args.compile is None else args.compile,
                 vae_tiling="auto" if args.vae_tiling is None else args.vae_tiling,
                 progress=bar,
             )

@@ -579,7 +579,8 @@ def load_pipeline(
         allow_cpu: Allow running without a CUDA GPU (float32, only sensible for tiny test models).
         device: The device; defaults to the current CUDA GPU.
         compile_blocks: Compile the transformer's repeated blocks (``torch.compile``, once per resolution and LoRA
-            weight seen, ~15 s each). ``auto``: on in mode ``none`` on GPUs of at least 75 GiB (`should_compile`).
+            weight seen, ~15 s each). ``auto``: on in mode ``none`` on GPUs of at least 75 GiB (`should_compile`),
+            with Triton installed, in a process that is not one of several (torchrun).
         vae_tiling: Encode and decode with the VAE in tiles. ``auto``: on in the offloading modes when less than
             32 GiB of GPU memory is free (`should_tile_vae`).
         progress: Called as the download and the loading stages advance.
@@ -667,6 +668,12 @@ def load_pipeline(
         if compile_blocks and importlib.util.find_spec("triton") is None:
             logger.warning("Not compiling the transformer: torch.compile needs Triton on the GPU, which is missing.")
             compile_blocks = False
+        if compile_blocks:
+            from .parallel import launched_with_several_processes
+
+            if launched_with_several_processes():
+                logger.info("Not compiling the transformer: compiling with context parallelism is untested.")
+                compile_blocks = False
     if compile_blocks:
         # Compiling one block and reusing it for all 40 costs ~15 s per resolution (diffusers' regional
         # compilation). No fullgraph: LoRA layers added later may break the graph, which must not fail a job.
