@@ -36,7 +36,7 @@ from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frames,
 from .pose import DEFAULT_POSE_REPO, PoseEstimator
 from .report import QualityReport
 from .retarget import retarget_poses
-from .sizing import letterbox, output_size, resize_frame
+from .sizing import letterbox, output_size
 from .skeleton import draw_skeleton
 
 logger = logging.getLogger("wan_animate")
@@ -273,7 +273,8 @@ class Preprocessor:
         """
         indices: list[int] = []
         detections: list[np.ndarray] = []
-        for batch in _batched(frames.sampled(lambda index: is_detection_frame(index, every, extra)), BATCH):
+        wanted = _sampled(frames.frames(), lambda index: is_detection_frame(index, every, extra))
+        for batch in _batched(wanted, BATCH):
             detections += self.detector.detect([frame for _, frame in batch], score_threshold=threshold)
             indices += [index for index, _ in batch]
             _notify(progress, indices[-1] + 1, frames.count, "Detecting people")
@@ -433,24 +434,6 @@ class _FrameSource:
             yield frame
         self._count = count
 
-    def sampled(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, frame)`` of the wanted frames and of the last frame, at ``size``.
-
-        Decoding is sequential, so every frame is still decoded, but only the yielded ones are resized to
-        ``size``, by `iter_video`'s rule (area when shrinking, bilinear when enlarging): for the uniform scale
-        of the analysis size they equal the frames `frames` gives.
-        """
-        index, frame = -1, None
-        for index, frame in enumerate(iter_video(self.path, size=None, **self.decode)):
-            if wanted(index):
-                yield index, self._resized(frame)
-        self._count = index + 1
-        if frame is not None and not wanted(index):
-            yield index, self._resized(frame)
-
-    def _resized(self, frame: np.ndarray) -> np.ndarray:
-        return frame if self.size is None else resize_frame(frame, self.size, "auto")
-
     def batches(self) -> Iterator[list[np.ndarray]]:
         return _batched(self.frames(), BATCH)
 
@@ -464,15 +447,19 @@ class _ArraySource:
     def frames(self) -> Iterator[np.ndarray]:
         return iter(self.array)
 
-    def sampled(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, frame)`` of the wanted frames and of the last frame."""
-        for index in range(self.count):
-            if wanted(index) or index == self.count - 1:
-                yield index, self.array[index]
-
     def batches(self) -> Iterator[list[np.ndarray]]:
         for start in range(0, self.count, BATCH):
             yield list(self.array[start : start + BATCH])
+
+
+def _sampled(frames: Iterable[np.ndarray], wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, frame)`` of the wanted frames and of the last frame (whose index is known only at the end)."""
+    index, frame = -1, None
+    for index, frame in enumerate(frames):
+        if wanted(index):
+            yield index, frame
+    if frame is not None and not wanted(index):
+        yield index, frame
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
