@@ -32,7 +32,7 @@ import torch
 from ..errors import WanAnimateError
 from ..hub import default_device, resolve_model_folder
 from ..progress import ProgressCallback
-from .keypoints import BODY_INDEX
+from .keypoints import BODY_INDEX, present_points
 
 logger = logging.getLogger("wan_animate")
 
@@ -150,11 +150,8 @@ def usable_prompt_points(points: np.ndarray, frame_size: tuple[int, int], min_sc
         Boolean array of shape ``points.shape[:-1]``.
     """
     height, width = frame_size
-    x, y, score = points[..., 0], points[..., 1], points[..., 2]
-    finite = np.isfinite(points).all(axis=-1)
     with np.errstate(invalid="ignore"):
-        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        return finite & inside & (score >= min_score)
+        return present_points(points, min_score) & (points[..., 0] < width) & (points[..., 1] < height)
 
 
 class PersonSegmenter:
