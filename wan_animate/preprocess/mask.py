@@ -443,8 +443,8 @@ def background_frames(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
     Returns:
         (T, H, W, 3) uint8.
     """
-    frames, keep = _checked_pair(frames, masks)
-    return frames * keep[..., None]
+    frames, masks = _checked_pair(frames, masks)
+    return frames * (masks <= 0).astype(np.uint8)[..., None]
 
 
 def mask_overlay_frames(
@@ -461,11 +461,11 @@ def mask_overlay_frames(
     Returns:
         (T, H, W, 3) uint8: ``round((1 - alpha) * frame + alpha * color)`` where masked, the frame elsewhere.
     """
-    frames, keep = _checked_pair(frames, masks)
+    frames, masks = _checked_pair(frames, masks)
     tint = np.asarray(color, dtype=np.float32) * alpha
     overlay = frames.copy()
     for index in range(len(frames)):  # one frame at a time: a float copy of a whole clip would be large
-        masked = keep[index] == 0
+        masked = ~(masks[index] <= 0)
         blended = frames[index][masked].astype(np.float32) * (1 - alpha) + tint
         overlay[index][masked] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return overlay
@@ -478,10 +478,10 @@ def mask_coverage(masks: np.ndarray) -> float:
 
 
 def _checked_pair(frames: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames as uint8 and the kept region (``1 - mask``) as uint8, after checking their shapes agree."""
+    """Frames and masks as arrays, after checking their shapes agree and the frames are uint8."""
     frames, masks = np.asarray(frames), np.asarray(masks)
     if frames.ndim != 4 or frames.shape[-1] != 3 or masks.shape != frames.shape[:3]:
         raise ValueError(f"frames (T, H, W, 3) and masks (T, H, W) don't match: {frames.shape}, {masks.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    return frames, (masks <= 0).astype(np.uint8)
+    return frames, masks
