@@ -76,12 +76,11 @@ the face adapters (``taylorseer``) and the output head.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, StateManager, _set_cache_context
 
 from .errors import WanAnimateError
 
@@ -211,7 +210,6 @@ def disable_step_cache(transformer: WanAnimateTransformer3DModel) -> None:
         return
     for hook_name in _OUR_HOOKS:
         registry.remove_hook(hook_name, recurse=True)
-    registry.invalidate_child_registries_cache()
 
 
 def active_step_cache(transformer: WanAnimateTransformer3DModel) -> str:
@@ -328,7 +326,6 @@ def _check_number(
 
 def _add_animate_fixups(transformer: torch.nn.Module, name: str, config: Any) -> None:
     """Add the face-adapter, segment-reset and calibration hooks after diffusers applied ``config``."""
-    cache_states = tuple(_state_managers(transformer))
     if name in ("first_block", "mag"):
         shared = _head_state_manager(transformer)
         for face_block in transformer.face_adapter:
@@ -339,28 +336,7 @@ def _add_animate_fixups(transformer: torch.nn.Module, name: str, config: Any) ->
             HookRegistry.check_if_exists_or_initialize(transformer.blocks[-1]).register_hook(
                 _RecordMagCalibration(shared, config.num_inference_steps), _CALIBRATION_HOOK
             )
-    root = HookRegistry.check_if_exists_or_initialize(transformer)
-    root.register_hook(_ResetOnNewDenoisingLoop(name, cache_states), _LOOP_HOOK)
-    # New hooks below the root must be seen by `cache_context` (it caches the list of child registries).
-    root.invalidate_child_registries_cache()
-
-
-def _registries(module: torch.nn.Module) -> Iterator[HookRegistry]:
-    for submodule in module.modules():
-        registry = getattr(submodule, "_diffusers_hook", None)
-        if registry is not None:
-            yield registry
-
-
-def _state_managers(transformer: torch.nn.Module) -> Iterator[StateManager]:
-    """Every `StateManager` held by a hook under ``transformer`` (found as diffusers' `cache_context` does)."""
-    seen: set[int] = set()
-    for registry in _registries(transformer):
-        for hook in registry.hooks.values():
-            for value in vars(hook).values():
-                if isinstance(value, StateManager) and id(value) not in seen:
-                    seen.add(id(value))
-                    yield value
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ResetOnNewDenoisingLoop(name), _LOOP_HOOK)
 
 
 def _head_state_manager(transformer: torch.nn.Module) -> StateManager:
@@ -417,10 +393,9 @@ class _ResetOnNewDenoisingLoop(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, cache_name: str, cache_states: tuple[StateManager, ...]) -> None:
+    def __init__(self, cache_name: str) -> None:
         super().__init__()
         self.cache_name = cache_name
-        self.cache_states = cache_states
         self.state_manager = StateManager(_LoopState)
 
     @torch.compiler.disable
@@ -435,9 +410,10 @@ class _ResetOnNewDenoisingLoop(ModelHook):
         now = float(torch.as_tensor(timestep).detach().float().max())
         state = self.state_manager.get_state()
         if state.last_timestep is not None and now >= state.last_timestep:
-            for manager in (*self.cache_states, self.state_manager):
-                manager.reset()
-                manager.set_context(context)
+            # diffusers' own reset of every stateful hook under the transformer (the caches' and this one's),
+            # as the pipeline does at the end of a call; resetting clears the context, so it is set again.
+            module._reset_stateful_cache()
+            _set_cache_context(module, context)
             state = self.state_manager.get_state()
         state.last_timestep = now
         return args, kwargs
