@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -723,13 +724,17 @@ class _PipelineSlot:
 _SLOT = _PipelineSlot()
 
 
+_LOAD_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(load_pipeline).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+"""`load_pipeline`'s defaults, so that leaving an argument out and passing its default load the same pipeline."""
+
+
 def _cache_key(load_kwargs: dict[str, Any]) -> tuple:
     """The loading arguments that define a pipeline (progress aside), normalised (``"bf16"`` = ``"bfloat16"``)."""
-    arguments = {
-        "source": DEFAULT_MODEL_ID, "revision": None, "dtype": "auto", "memory_mode": "auto", "fp8_storage": False,
-        "keep_bf16_copy": False, "allow_cpu": False, "device": None, "compile_blocks": "auto", "vae_tiling": "auto",
-        **load_kwargs,
-    }
+    arguments = {**_LOAD_DEFAULTS, **load_kwargs}
     arguments.pop("progress", None)
     dtype = arguments["dtype"]
     if str(dtype).lower() != "auto":
