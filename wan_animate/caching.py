@@ -116,6 +116,12 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_step_cache_name(name: str) -> None:
+    """Raise `WanAnimateError` unless ``name`` is one of `STEP_CACHES` (early, e.g. before a job is shared)."""
+    if name not in STEP_CACHES:
+        raise WanAnimateError(f"Unknown step cache {name!r}: use one of {', '.join(STEP_CACHES)}.")
+
+
 def register_animate_blocks() -> None:
     """Register the Animate transformer's block class for diffusers' block-skipping caches (idempotent).
 
@@ -175,8 +181,7 @@ def enable_step_cache(
 
     if not isinstance(transformer, WanAnimateTransformer3DModel):
         raise TypeError(f"Step caches are for WanAnimateTransformer3DModel, got {type(transformer).__name__}.")
-    if name not in STEP_CACHES:
-        raise WanAnimateError(f"Unknown step cache {name!r}: use one of {', '.join(STEP_CACHES)}.")
+    check_step_cache_name(name)
     if name == "none":
         if options:
             raise WanAnimateError(f"Step cache 'none' takes no options, got {', '.join(sorted(options))}.")
@@ -449,6 +454,7 @@ class _RecordMagCalibration(ModelHook):
 
 __all__ = [
     "STEP_CACHES",
+    "check_step_cache_name",
     "active_step_cache",
     "disable_step_cache",
     "enable_step_cache",

@@ -113,10 +113,9 @@ class GenerationSettings:
             raise WanAnimateError(f"Guidance must be at least 1.0 (1.0 = off), got {self.guidance_scale}.")
         if self.scheduler is not None:
             self.scheduler.check(self.num_inference_steps)
-        from .caching import STEP_CACHES
+        from .caching import check_step_cache_name
 
-        if self.step_cache not in STEP_CACHES:
-            raise WanAnimateError(f"Unknown step cache {self.step_cache!r}: use one of {', '.join(STEP_CACHES)}.")
+        check_step_cache_name(self.step_cache)
 
 
 @dataclass(frozen=True)
