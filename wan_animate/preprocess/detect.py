@@ -234,13 +234,21 @@ def track_person(
     Raises:
         WanAnimateError: When ``point`` is on no detected person or names a frame outside the clip.
     """
+    chosen = None
+    if point is not None:
+        frame_index = _point_frame(point, len(detections))
+        chosen = frame_index, _box_at_point(detections[frame_index], frame_index, point)
+    return _track_chosen(detections, chosen, iou_threshold)
+
+
+def _track_chosen(
+    detections: Sequence[np.ndarray], chosen: tuple[int, int] | None, iou_threshold: float
+) -> PersonTrack:
+    """`track_person` once the chosen person, if any, is known as ``(detection index, row)``."""
     count = len(detections)
     boxes = np.full((count, 4), np.nan, dtype=np.float32)
     persons_seen = max((len(frame_boxes) for frame_boxes in detections), default=0)
-    chosen_by = "largest" if point is None else "point"
-    if point is not None:
-        chosen_frame = _point_frame(point, len(detections))
-        chosen_row = _box_at_point(detections[chosen_frame], chosen_frame, point)
+    chosen_by = "largest" if chosen is None else "point"
     if persons_seen == 0:
         return PersonTrack(boxes=boxes, persons_seen=0, chosen_by=chosen_by)
     if persons_seen == 1:
@@ -250,11 +258,11 @@ def track_person(
         return PersonTrack(boxes=boxes, persons_seen=1, chosen_by=chosen_by)
 
     tracks = link_tracks(detections, iou_threshold)
-    if point is None:
-        chosen = max(tracks, key=lambda track: _track_area(track, detections))
+    if chosen is None:
+        followed = max(tracks, key=lambda track: _track_area(track, detections))
     else:
-        chosen = next(track for track in tracks if track.get(chosen_frame) == chosen_row)
-    for frame_index, row in chosen.items():
+        followed = next(track for track in tracks if track.get(chosen[0]) == chosen[1])
+    for frame_index, row in followed.items():
         boxes[frame_index] = np.asarray(detections[frame_index])[row, :4]
     return PersonTrack(boxes=boxes, persons_seen=persons_seen, chosen_by=chosen_by)
 
@@ -423,14 +431,13 @@ def follow_person(
     frames = [int(frame) for frame in frames]
     if len(frames) != len(detections):
         raise ValueError(f"{len(frames)} frame indices for {len(detections)} detections")
-    position_point = None
+    chosen = None
     if point is not None:
         frame_index = _point_frame(point, count)
         if frame_index not in frames:
             raise ValueError(f"frame {frame_index} of the chosen point was not detected on")
         position = frames.index(frame_index)
-        _box_at_point(detections[position], frame_index, point)  # the message names the clip's frame
-        position_point = (position, float(point[1]), float(point[2]))
-    track = track_person(detections, point=position_point, iou_threshold=iou_threshold)
+        chosen = position, _box_at_point(detections[position], frame_index, point)  # the message names the clip's frame
+    track = _track_chosen(detections, chosen, iou_threshold)
     boxes = interpolate_boxes(frames, track.boxes, count)
     return PersonTrack(boxes=boxes, persons_seen=track.persons_seen, chosen_by=track.chosen_by)
