@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e_fixtures import TEST_AREAS, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import TEST_AREAS, small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import audio_duration, video_facts, write_test_video
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
@@ -21,6 +21,9 @@ from wan_animate.preprocess.mask import PointPrompt
 from wan_animate.preprocess.report import QualityReport
 from wan_animate.preprocess.sizing import letterbox, output_size
 from wan_animate.preprocess.skeleton import draw_skeleton
+
+# The test media are smaller than the real input minimums (see tests.e2e_fixtures.TEST_LIMITS).
+pytestmark = pytest.mark.usefixtures("small_media")
 
 FRAMES = 6
 
@@ -261,7 +264,7 @@ def test_a_miss_on_a_detected_frame_is_reported_not_interpolated(media, tmp_path
 
 def test_a_detection_stride_below_one_is_refused(media, tmp_path):
     options = PreprocessOptions(detect_every=0)
-    with pytest.raises(WanAnimateError, match="detection stride must be 1"):
+    with pytest.raises(WanAnimateError, match="Detect every must be a whole number from 1 to 30; got 0"):
         fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "job", options)
     assert not (tmp_path / "job").exists()
 

@@ -19,6 +19,8 @@ class QualityReport:
         detect_every: The person detector ran on every this-many-th frame (and the last); the boxes in
             between were interpolated.
         detect_device: Where the detector ran (``"cpu"``, ``"cuda"``, ...), which decided the default stride.
+        person_height: Median height of the person's box in the driving video's pixels (a small person is
+            refused or warned about: `wan_animate.validation.check_person_height`).
         warnings: Plain-language problems worth fixing before generating.
     """
 
@@ -30,6 +32,7 @@ class QualityReport:
     mask_coverage: float | None = None
     detect_every: int = 1
     detect_device: str | None = None
+    person_height: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
@@ -39,6 +42,7 @@ class QualityReport:
                 f"- **Person found** in {self.person_frames} of {self.frames} frames"
                 f" ({self.persons_seen} {'person' if self.persons_seen == 1 else 'people'} seen at most)"
             ),
+            *([f"- **Person height** about {self.person_height:.0f} px"] if self.person_height is not None else []),
             f"- **Pose confidence**: {self.mean_pose_confidence:.2f}",
             f"- **Face found** in {self.face_found_ratio:.0%} of frames",
         ]
@@ -66,6 +70,7 @@ class QualityReport:
             "mask_coverage": None if self.mask_coverage is None else round(self.mask_coverage, 4),
             "detect_every": self.detect_every,
             "detect_device": self.detect_device,
+            "person_height": None if self.person_height is None else round(self.person_height, 1),
             "warnings": list(self.warnings),
         }
 
