@@ -127,11 +127,11 @@ def test_cleanup_removes_old_jobs_then_least_recently_used_down_to_the_size(tmp_
     for age, job in zip((7200, 400, 300, 200, 100), jobs):
         _age(job, age)
     (root / "not-a-job").mkdir()
-    size = folder_bytes(jobs[0].folder)
-    report = clean_jobs(root, max_age_seconds=3600, max_bytes=2 * size + size // 2)
+    sizes = [folder_bytes(job.folder) for job in jobs]
+    report = clean_jobs(root, max_age_seconds=3600, max_bytes=sum(sizes[3:]) + min(sizes) // 2)
     # The 2-hour-old job goes by age; then the least recently used until two jobs are left.
     assert report.removed == [jobs[0].id, jobs[1].id, jobs[2].id]
-    assert report.freed_bytes == 3 * size and report.kept_bytes == 2 * size and report.kept_jobs == 2
+    assert (report.freed_bytes, report.kept_bytes, report.kept_jobs) == (sum(sizes[:3]), sum(sizes[3:]), 2)
     assert sorted(path.name for path in root.iterdir()) == sorted([jobs[3].id, jobs[4].id, "not-a-job"])
 
 
