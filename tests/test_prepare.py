@@ -60,6 +60,8 @@ class FakeDetector:
 
 
 class FakePose:
+    backend, fallback = "fake", None
+
     def __init__(self, face_score=0.9):
         self.face_score = face_score
         self.sizes = []
@@ -315,3 +317,15 @@ def test_tiny_models_detect_on_the_stride_the_last_and_the_clicked_frame(tiny_mo
     report = result.report
     assert result.conditioning.num_frames == 11 and report.person_frames == 11
     assert report.to_dict()["detect_every"] == 3 and "on every 3rd frame (CPU)" in report.to_markdown()
+
+
+def test_a_pose_file_torch_cannot_read_runs_in_onnxruntime_and_the_report_says_so(media, tmp_path):
+    from tests.tiny_preprocess_models import build_foreign_pose_onnx
+    from wan_animate.preprocess.pose import PoseEstimator
+
+    pose = PoseEstimator.from_pretrained(build_foreign_pose_onnx(tmp_path / "other.onnx"), backend="torch", device="cpu")
+    result = fake_preprocessor(pose=pose).prepare("animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p"))
+    report = result.report
+    assert report.pose_backend == "onnxruntime" and "position embedding" in report.pose_fallback
+    assert report.to_dict()["pose_backend"] == "onnxruntime"
+    assert "**Pose model** ran in onnxruntime" in report.to_markdown()

@@ -354,6 +354,8 @@ class Preprocessor:
             detect_every=tracked.detect_every,
             detect_device=tracked.detect_device,
             person_height=tracked.person_height,
+            pose_backend=self.pose_estimator.backend,
+            pose_fallback=self.pose_estimator.fallback,
             warnings=tracked.warnings,
         )
 

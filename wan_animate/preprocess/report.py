@@ -21,6 +21,9 @@ class QualityReport:
         detect_device: Where the detector ran (``"cpu"``, ``"cuda"``, ...), which decided the default stride.
         person_height: Median height of the person's box in the driving video's pixels (a small person is
             refused or warned about: `wan_animate.validation.check_person_height`).
+        pose_backend: What the pose model ran in (``"torch"`` or ``"onnxruntime"``).
+        pose_fallback: Why it ran in onnxruntime although torch was asked for (the file's graph could not be
+            read into torch), else ``None``.
         warnings: Plain-language problems worth fixing before generating.
     """
 
@@ -33,6 +36,8 @@ class QualityReport:
     detect_every: int = 1
     detect_device: str | None = None
     person_height: float | None = None
+    pose_backend: str | None = None
+    pose_fallback: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
@@ -49,6 +54,11 @@ class QualityReport:
         if self.mask_coverage is not None:
             lines.append(f"- **Mask covers** {self.mask_coverage:.0%} of the frame")
         lines.append(f"- **People detected** {self.detection_text()}")
+        if self.pose_fallback:
+            lines.append(
+                f"- **Pose model** ran in {self.pose_backend}: its file could not be read into torch "
+                f"({self.pose_fallback}). The keypoints are the same; only the speed may differ."
+            )
         lines += [f"- ⚠️ {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
@@ -71,6 +81,8 @@ class QualityReport:
             "detect_every": self.detect_every,
             "detect_device": self.detect_device,
             "person_height": None if self.person_height is None else round(self.person_height, 1),
+            "pose_backend": self.pose_backend,
+            "pose_fallback": self.pose_fallback,
             "warnings": list(self.warnings),
         }
 

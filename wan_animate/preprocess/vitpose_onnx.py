@@ -25,14 +25,23 @@ INPUT_SIZE = (256, 192)
 
 
 class UnsupportedPoseGraph(WanAnimateError):
-    """The ONNX graph is not the ViTPose layout the torch backend understands."""
+    """The ONNX graph is not the ViTPose layout the torch backend understands (`PoseEstimator.from_pretrained`
+    then runs it in onnxruntime).
+
+    Attributes:
+        detail: What in the graph did not fit.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"The pose model's ONNX graph can't be read into the torch backend: {detail}. "
+            "Use backend='onnxruntime' for this file."
+        )
+        self.detail = detail
 
 
 def _unsupported(detail: str) -> UnsupportedPoseGraph:
-    return UnsupportedPoseGraph(
-        f"The pose model's ONNX graph can't be read into the torch backend: {detail}. "
-        "Use backend='onnxruntime' for this file."
-    )
+    return UnsupportedPoseGraph(detail)
 
 
 @dataclass
