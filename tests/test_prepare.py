@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.e2e_fixtures import TEST_AREAS, small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import audio_duration, video_facts, write_test_video
+from wan_animate import validation
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
@@ -329,3 +330,30 @@ def test_a_pose_file_torch_cannot_read_runs_in_onnxruntime_and_the_report_says_s
     assert report.pose_backend == "onnxruntime" and "position embedding" in report.pose_fallback
     assert report.to_dict()["pose_backend"] == "onnxruntime"
     assert "**Pose model** ran in onnxruntime" in report.to_markdown()
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_refuse_a_person_smaller_than_the_minimum_in_the_videos_own_pixels(media, tmp_path, monkeypatch, mode):
+    """The fake person is 0.85 of the 200-px frame: 170 px of the video, whatever size the frames were analysed at."""
+    monkeypatch.setattr(prepare, "ANALYSIS_MAX_SIDE", 200)  # Animation analyses at half size
+    monkeypatch.setattr(validation, "MIN_PERSON_HEIGHT", 171)
+    with pytest.raises(WanAnimateError, match=r"The person in driving.mp4 is only about 170 px tall; at least 171 px"):
+        fake_preprocessor().prepare(mode, media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p"))
+    assert not (tmp_path / "job").exists()
+
+
+def test_refuse_warns_about_a_small_person_in_the_report(media, tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "WARN_PERSON_HEIGHT", 171)
+    report = fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "job").report
+    assert report.person_height == pytest.approx(170, abs=0.5) and report.to_dict()["person_height"] == pytest.approx(170, abs=0.5)
+    assert any("about 170 px tall" in warning and "under 171 px" in warning for warning in report.warnings)
+    assert "**Person height** about 170 px" in report.to_markdown()
+
+
+def test_refuse_a_photo_or_video_under_the_minimum_size(media, tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "MIN_PHOTO_SIDE", 81)  # the photo is 80 x 100
+    with pytest.raises(WanAnimateError, match=r"The photo photo.png is 80x100 px; its shorter side must be at least 81 px"):
+        fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "a")
+    monkeypatch.setattr(validation, "MIN_VIDEO_SIDE", 201)  # the video is 400 x 200
+    with pytest.raises(WanAnimateError, match=r"The video driving.mp4 is 400x200 px; its shorter side must be at least 201 px"):
+        fake_preprocessor().prepare("replace", media["photo"], media["video"], tmp_path / "b")

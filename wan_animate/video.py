@@ -231,7 +231,7 @@ def iter_video(
     clip_end = info.duration if end is None else min(end, info.duration)
     if max_seconds is not None and clip_end - start > max_seconds + 1e-6:
         raise WanAnimateError(
-            f"The clip is {clip_end - start:.1f} s long; the limit is {max_seconds:g} s. "
+            f"The clip of {Path(path).name} is {clip_end - start:.1f} s long; the limit is {max_seconds:g} s. "
             "Trim it with the start and end settings."
         )
     target_size = size(info.height, info.width) if callable(size) else size
@@ -267,7 +267,7 @@ def iter_video(
                 break
             if max_seconds is not None and time - start > max_seconds + 1.0:
                 raise WanAnimateError(
-                    f"The clip is longer than {max_seconds:g} s. Trim it with the start and end settings."
+                    f"The clip of {Path(path).name} is longer than {max_seconds:g} s. Trim it with the start and end settings."
                 )
             seen += 1
             if fps is None:
@@ -291,7 +291,8 @@ def iter_video(
             if progress is not None:
                 progress(min(emitted, expected), expected, "Decoding video")
     if seen == 0:
-        raise WanAnimateError(f"{Path(path).name} has no frames in the chosen range.")
+        where = " in the chosen range" if start > 0 or end is not None else ""
+        raise WanAnimateError(f"{Path(path).name} has no video frames{where}.")
     if fps is not None:
         num_output = max(1, math.floor(seen / source_fps * fps + 1e-9))
         while emitted < num_output:  # indices past the end are clipped to the last frame
