@@ -44,8 +44,8 @@ RESULT_PATTERN = re.compile(r"^(result|side_by_side)_([0-9a-f]{12})\.mp4$")
 DEFAULT_MAX_AGE_SECONDS = 6 * 3600
 """Jobs unused for longer are removed: a page left open over lunch can still generate from its extraction."""
 DEFAULT_MAX_BYTES = 20 * 2**30
-"""Size the jobs folder is cleaned down to: about 60 jobs of a 30-s 720p Replacement clip (inputs, conditioning,
-previews and a result come to ~300 MB), well inside a Space's 50 GB of ephemeral disk."""
+"""Size the jobs folder is cleaned down to (20 GiB): dozens of jobs of a 30-s 720p Replacement clip (inputs,
+conditioning, previews and a result: an estimate of a few hundred MB, not measured), well inside a Space's 50 GB of ephemeral disk."""
 DEFAULT_CLEAN_INTERVAL_SECONDS = 10 * 60
 
 
@@ -354,12 +354,16 @@ def clean_jobs(
     report = CleanupReport(removed=removed, freed_bytes=freed, kept_bytes=total - freed, kept_jobs=len(jobs) - len(removed))
     if removed or (max_bytes is not None and report.kept_bytes > max_bytes):
         logger.info(
-            "Jobs folder %s: removed %d job(s), %.1f MB; %d job(s), %.1f MB left (limits: %s, %s).",
-            root, len(removed), freed / 1e6, report.kept_jobs, report.kept_bytes / 1e6,
-            "no age limit" if max_age_seconds is None else f"unused for {max_age_seconds / 3600:g} h",
-            "no size limit" if max_bytes is None else f"{max_bytes / 1e9:g} GB",
+            "Jobs folder %s: removed %d job(s), %.1f MB; %d job(s), %.1f MB left (limits: %s).",
+            root, len(removed), freed / 1e6, report.kept_jobs, report.kept_bytes / 1e6, _limits(max_age_seconds, max_bytes),
         )
     return report
+
+
+def _limits(max_age_seconds: float | None, max_bytes: int | None) -> str:
+    age = "no age limit" if max_age_seconds is None else f"jobs unused for {max_age_seconds / 3600:g} h"
+    size = "no size limit" if max_bytes is None else f"least recently used beyond {max_bytes / 2**30:g} GiB"
+    return f"{age}; {size}"
 
 
 class JobStore:
@@ -395,12 +399,7 @@ class JobStore:
         self.max_bytes = max_bytes
         self._in_use: Counter[str] = Counter()
         self._lock = threading.Lock()
-        logger.info(
-            "Jobs folder %s: jobs unused for %s are removed, and the least recently used beyond %s.",
-            self.root,
-            "ever (no age limit)" if max_age_seconds is None else f"{max_age_seconds / 3600:g} h",
-            "no size limit" if max_bytes is None else f"{max_bytes / 1e9:g} GB",
-        )
+        logger.info("Jobs folder %s, cleaned of: %s.", self.root, _limits(max_age_seconds, max_bytes))
 
     def new(self, mode: Mode, photo: str | Path, video: str | Path, **kwargs: Any) -> Job:
         """`new_job` in this folder."""

@@ -108,7 +108,7 @@ class OutOfMemoryGuard:
 
             runtime = runtime_info(self.pipeline)
             mode = runtime.memory_mode if runtime is not None else None
-        logger.error("Out of GPU memory (job %s, memory mode %s): %s", self.size, mode, str(error).splitlines()[0])
+        logger.error("Out of GPU memory (job %s, memory mode %s): %s", self.size, mode, error)
         message = out_of_memory_message(self.size, mode)
         # The frames the error unwound still hold the failed call's tensors: clear them, then free the cache.
         traceback.clear_frames(trace)

@@ -25,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..conditioning import BACKGROUND_FILE, FACE_FILE, POSE_FILE, Conditioning, Mode
 from .. import validation
+from ..conditioning import BACKGROUND_FILE, FACE_FILE, POSE_FILE, Conditioning, Mode
 from ..errors import WanAnimateError
 from ..progress import ProgressCallback
 from ..video import DEFAULT_MAX_SECONDS, FAST_PRESET, iter_video, probe_video, read_image, write_video
