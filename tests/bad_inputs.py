@@ -16,7 +16,6 @@ A runner through `gradio_client` against the served app can be added the same wa
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from tests.media import write_test_video
+from tests.media import encode_tone, write_test_video
 
 SETTINGS = {
     # name: stage it belongs to
@@ -153,16 +152,9 @@ def _audio_only(path: Path, *, with_empty_video: bool = False) -> Path:
         if with_empty_video:
             video = output.add_stream("libx264", rate=Fraction(30))
             video.width, video.height, video.pix_fmt = 128, 128, "yuv420p"
-        stream = output.add_stream("aac", rate=48000)
-        stream.layout = "mono"
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
-        for start in range(0, len(tone), 1024):
-            chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = 48000, start
-            for packet in stream.encode(chunk):
-                output.mux(packet)
-        for packet in stream.encode():
-            output.mux(packet)
+        audio = output.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        encode_tone(output, audio, 1.0)
     return path
 
 

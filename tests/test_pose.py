@@ -10,7 +10,6 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
-import torch
 
 from tests.tiny_preprocess_models import build_foreign_pose_onnx, build_tiny_pose_onnx
 from wan_animate.errors import WanAnimateError

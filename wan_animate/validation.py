@@ -43,28 +43,20 @@ limbs and expressions will be less precise."""
 
 
 def check_photo_size(height: int, width: int, name: str) -> None:
-    """Refuse a photo whose shorter side is under `MIN_PHOTO_SIDE`.
-
-    Raises:
-        WanAnimateError: Naming the file, its size and the minimum.
-    """
-    if min(height, width) < MIN_PHOTO_SIDE:
-        raise WanAnimateError(
-            f"The photo {name} is {width}x{height} px; its shorter side must be at least {MIN_PHOTO_SIDE} px for the "
-            "model to see the character. Use a larger photo."
-        )
+    """Refuse a photo whose shorter side is under `MIN_PHOTO_SIDE`, naming the file, its size and the minimum."""
+    _check_shorter_side("photo", name, height, width, MIN_PHOTO_SIDE, "for the model to see the character")
 
 
 def check_video_size(height: int, width: int, name: str) -> None:
-    """Refuse a driving video whose shorter side is under `MIN_VIDEO_SIDE`.
+    """Refuse a driving video whose shorter side is under `MIN_VIDEO_SIDE`, naming the file, its size and the minimum."""
+    _check_shorter_side("video", name, height, width, MIN_VIDEO_SIDE, "for the pose to be read")
 
-    Raises:
-        WanAnimateError: Naming the file, its size and the minimum.
-    """
-    if min(height, width) < MIN_VIDEO_SIDE:
+
+def _check_shorter_side(kind: str, name: str, height: int, width: int, minimum: int, purpose: str) -> None:
+    if min(height, width) < minimum:
         raise WanAnimateError(
-            f"The video {name} is {width}x{height} px; its shorter side must be at least {MIN_VIDEO_SIDE} px for the "
-            "pose to be read. Use a larger video."
+            f"The {kind} {name} is {width}x{height} px; its shorter side must be at least {minimum} px {purpose}. "
+            f"Use a larger {kind}."
         )
 
 
