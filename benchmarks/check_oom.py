@@ -87,7 +87,7 @@ def run_job(pipe, resolution: str, steps: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cap-gib", type=float, default=63.0, help="GPU memory cap: above the 480p peak (58.2 reserved), below the 720p one (67.2 allocated)")
-    parser.add_argument("--tolerance-gib", type=float, default=1.0, help="allowed allocation above the model's after the OOM")
+    parser.add_argument("--tolerance-gib", type=float, default=2.0, help="allowed allocation above the model's after the OOM (a 720p segment's activations are far more)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "check_oom.json")
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip the 480p job if this much time has passed")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, the OOM faked at the 720p step")
