@@ -17,13 +17,16 @@
 
 Small frames
     The app's sizes come from the contract's areas (832 x 480 for 480p); on 2 CPU cores the tests shrink
-    those areas (`TEST_AREAS`) in the served process, so a "480p" output is 64 x 64.
+    those areas (`TEST_AREAS`) in the served process, so a "480p" output is 64 x 64. The smallest photo, video
+    and person the package accepts (`wan_animate.validation`) are lowered to fit the 48 x 64 test media
+    (`TEST_LIMITS`); tests/test_bad_inputs.py checks the real ones.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from tests.media import write_test_video
 POSE_BIAS = 0.6
 DETECTOR_LOGITS = {"person": 6.0, "bicycle": -20.0, "car": -20.0}
 TEST_AREAS = {"720p": 96 * 96, "480p": 64 * 64}
+TEST_LIMITS = {"MIN_PHOTO_SIDE": 8, "MIN_VIDEO_SIDE": 8, "MIN_PERSON_HEIGHT": 2, "WARN_PERSON_HEIGHT": 2}
 DRIVING_FRAMES = 80
 """More than one 77-frame segment: the generation runs two segments."""
 
@@ -140,6 +144,28 @@ def dancing_frames(count: int, height: int = 64, width: int = 48) -> np.ndarray:
     return frames
 
 
+@contextmanager
+def small_media_limits():
+    """`TEST_LIMITS` in place of `wan_animate.validation`'s input-size minimums while the block runs."""
+    from wan_animate import validation
+
+    saved = {name: getattr(validation, name) for name in TEST_LIMITS}
+    for name, value in TEST_LIMITS.items():
+        setattr(validation, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(validation, name, value)
+
+
+@pytest.fixture
+def small_media():
+    """Lower the input-size minimums to the test media for one test (`small_media_limits`)."""
+    with small_media_limits():
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -205,13 +231,14 @@ def served_demo(tiny_models, tmp_path_factory):
         dtype="float32",
         work_dir=tmp_path_factory.mktemp("jobs"),
     )
-    demo, _ = _serve(config)
-    try:
-        yield demo
-    finally:
-        demo.close()
-        sizing.RESOLUTION_AREAS.clear()
-        sizing.RESOLUTION_AREAS.update(saved)
+    with small_media_limits():
+        demo, _ = _serve(config)
+        try:
+            yield demo
+        finally:
+            demo.close()
+            sizing.RESOLUTION_AREAS.clear()
+            sizing.RESOLUTION_AREAS.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -46,17 +46,22 @@ def write_test_video(
         for packet in stream.encode():
             output.mux(packet)
         if audio is not None:
-            samples = int(audio_seconds * 48000)
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
-            for start in range(0, samples, 1024):
-                chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
-                chunk.sample_rate = 48000
-                chunk.pts = start
-                for packet in audio.encode(chunk):
-                    output.mux(packet)
-            for packet in audio.encode():
-                output.mux(packet)
+            encode_tone(output, audio, audio_seconds)
     return path
+
+
+def encode_tone(output: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+    """Encode ``seconds`` of a 440 Hz tone into ``stream`` (mono AAC at 48 kHz) of ``output``."""
+    samples = int(seconds * 48000)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 48000)).astype(np.float32)
+    for start in range(0, samples, 1024):
+        chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
+        chunk.sample_rate = 48000
+        chunk.pts = start
+        for packet in stream.encode(chunk):
+            output.mux(packet)
+    for packet in stream.encode():
+        output.mux(packet)
 
 
 def audio_duration(path: Path) -> float:

@@ -6,13 +6,17 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.e2e_fixtures import TEST_AREAS, dancing_frames, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import TEST_AREAS, dancing_frames, small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import video_facts, write_test_video
 from wan_animate.cli import main
 from wan_animate.conditioning import Conditioning
 from wan_animate.preprocess import sizing
+
+# The test media are smaller than the real input minimums (see tests.e2e_fixtures.TEST_LIMITS).
+pytestmark = pytest.mark.usefixtures("small_media")
 
 
 def test_help_explains_every_option():

@@ -30,10 +30,10 @@ def test_plan_segments_mirror_the_pipeline():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(num_inference_steps=0), "Steps must be at least 1"),
+        (dict(num_inference_steps=0), "Steps must be a whole number from 1 to 100; got 0"),
         (dict(overlap_frames=3), "Overlap frames must be 1 or 5"),
         (dict(segment_frames=10), "4N \\+ 1"),
-        (dict(guidance_scale=0.5), "Guidance must be at least 1.0"),
+        (dict(guidance_scale=0.5), "Guidance must be a number from 1 to 10; got 0.5"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):

@@ -10,9 +10,8 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
-import torch
 
-from tests.tiny_preprocess_models import build_tiny_pose_onnx
+from tests.tiny_preprocess_models import build_foreign_pose_onnx, build_tiny_pose_onnx
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess.pose import (
     IMAGENET_MEAN,
@@ -26,7 +25,7 @@ from wan_animate.preprocess.pose import (
     heatmap_to_frame,
     normalize_crops,
 )
-from wan_animate.preprocess.vitpose_onnx import UnsupportedPoseGraph
+from wan_animate.preprocess.vitpose_onnx import UnsupportedPoseGraph, vitpose_from_onnx
 
 HEATMAP_TOLERANCE = 1e-4
 """Torch backend vs onnxruntime on CPU, max abs heatmap difference (observed ~8e-7; heatmaps are O(1))."""
@@ -109,21 +108,21 @@ def test_torch_backend_matches_onnxruntime(tmp_path, opset):
     assert np.abs(on_torch - on_onnxruntime).max() < HEATMAP_TOLERANCE
 
 
-def test_torch_backend_refuses_a_graph_it_cannot_map(tmp_path):
-    """A different network with the same input and output shapes: a clear error naming the other backend."""
-    import onnx
-
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 133, 4, stride=4), torch.nn.Upsample(size=(64, 48)))
-    path = tmp_path / "other.onnx"
-    torch.onnx.export(
-        net, (torch.randn(1, 3, 256, 192),), str(path), dynamo=False, opset_version=11,
-        dynamic_axes={"input": {0: "n"}}, input_names=["input"],
-    )  # fmt: skip
-    assert onnx.load(str(path)).graph.input[0].name == "input"
+def test_a_graph_the_torch_reader_refuses_runs_in_onnxruntime_logged(tmp_path, caplog):
+    """A different network with the same input and output shapes: the torch reader refuses it with the reason, and
+    the loader runs it in onnxruntime instead, saying so (log and `PoseEstimator.fallback`) rather than failing."""
+    path = build_foreign_pose_onnx(tmp_path / "other.onnx")
     with pytest.raises(UnsupportedPoseGraph, match="backend='onnxruntime'"):
-        PoseEstimator.from_pretrained(path, backend="torch", device="cpu")
-    estimator = PoseEstimator.from_pretrained(path, backend="onnxruntime", device="cpu")
-    assert estimator.runner(np.zeros((1, 3, 256, 192), np.float32)).shape == (1, 133, 64, 48)
+        vitpose_from_onnx(path)
+    with caplog.at_level(logging.WARNING, logger="wan_animate"):
+        estimator = PoseEstimator.from_pretrained(path, backend="torch", device="cpu")
+    assert estimator.backend == "onnxruntime" and "position embedding" in estimator.fallback
+    assert "running it in onnxruntime" in caplog.text
+    pixels = np.random.default_rng(0).normal(size=(2, 3, 256, 192)).astype(np.float32)
+    direct = PoseEstimator.from_pretrained(path, backend="onnxruntime", device="cpu")
+    assert direct.fallback is None
+    np.testing.assert_array_equal(estimator.runner(pixels), direct.runner(pixels))
+    assert estimator.runner(pixels).shape == (2, 133, 64, 48)
 
 
 def test_onnxruntime_without_cuda_provider_warns(pose_folder, monkeypatch, caplog):

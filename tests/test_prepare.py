@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e_fixtures import TEST_AREAS, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import TEST_AREAS, small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import audio_duration, video_facts, write_test_video
+from wan_animate import validation
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
@@ -21,6 +22,9 @@ from wan_animate.preprocess.mask import PointPrompt
 from wan_animate.preprocess.report import QualityReport
 from wan_animate.preprocess.sizing import letterbox, output_size
 from wan_animate.preprocess.skeleton import draw_skeleton
+
+# The test media are smaller than the real input minimums (see tests.e2e_fixtures.TEST_LIMITS).
+pytestmark = pytest.mark.usefixtures("small_media")
 
 FRAMES = 6
 
@@ -57,6 +61,8 @@ class FakeDetector:
 
 
 class FakePose:
+    backend, fallback = "fake", None
+
     def __init__(self, face_score=0.9):
         self.face_score = face_score
         self.sizes = []
@@ -261,7 +267,7 @@ def test_a_miss_on_a_detected_frame_is_reported_not_interpolated(media, tmp_path
 
 def test_a_detection_stride_below_one_is_refused(media, tmp_path):
     options = PreprocessOptions(detect_every=0)
-    with pytest.raises(WanAnimateError, match="detection stride must be 1"):
+    with pytest.raises(WanAnimateError, match="Detect every must be a whole number from 1 to 30; got 0"):
         fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "job", options)
     assert not (tmp_path / "job").exists()
 
@@ -312,3 +318,42 @@ def test_tiny_models_detect_on_the_stride_the_last_and_the_clicked_frame(tiny_mo
     report = result.report
     assert result.conditioning.num_frames == 11 and report.person_frames == 11
     assert report.to_dict()["detect_every"] == 3 and "on every 3rd frame (CPU)" in report.to_markdown()
+
+
+def test_a_pose_file_torch_cannot_read_runs_in_onnxruntime_and_the_report_says_so(media, tmp_path):
+    from tests.tiny_preprocess_models import build_foreign_pose_onnx
+    from wan_animate.preprocess.pose import PoseEstimator
+
+    pose = PoseEstimator.from_pretrained(build_foreign_pose_onnx(tmp_path / "other.onnx"), backend="torch", device="cpu")
+    result = fake_preprocessor(pose=pose).prepare("animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p"))
+    report = result.report
+    assert report.pose_backend == "onnxruntime" and "position embedding" in report.pose_fallback
+    assert report.to_dict()["pose_backend"] == "onnxruntime"
+    assert "**Pose model** ran in onnxruntime" in report.to_markdown()
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_refuse_a_person_smaller_than_the_minimum_in_the_videos_own_pixels(media, tmp_path, monkeypatch, mode):
+    """The fake person is 0.85 of the 200-px frame: 170 px of the video, whatever size the frames were analysed at."""
+    monkeypatch.setattr(prepare, "ANALYSIS_MAX_SIDE", 200)  # Animation analyses at half size
+    monkeypatch.setattr(validation, "MIN_PERSON_HEIGHT", 171)
+    with pytest.raises(WanAnimateError, match=r"The person in driving.mp4 is only about 170 px tall; at least 171 px"):
+        fake_preprocessor().prepare(mode, media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p"))
+    assert not (tmp_path / "job").exists()
+
+
+def test_refuse_warns_about_a_small_person_in_the_report(media, tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "WARN_PERSON_HEIGHT", 171)
+    report = fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "job").report
+    assert report.person_height == pytest.approx(170, abs=0.5) and report.to_dict()["person_height"] == pytest.approx(170, abs=0.5)
+    assert any("about 170 px tall" in warning and "under 171 px" in warning for warning in report.warnings)
+    assert "**Person height** about 170 px" in report.to_markdown()
+
+
+def test_refuse_a_photo_or_video_under_the_minimum_size(media, tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "MIN_PHOTO_SIDE", 81)  # the photo is 80 x 100
+    with pytest.raises(WanAnimateError, match=r"The photo photo.png is 80x100 px; its shorter side must be at least 81 px"):
+        fake_preprocessor().prepare("animate", media["photo"], media["video"], tmp_path / "a")
+    monkeypatch.setattr(validation, "MIN_VIDEO_SIDE", 201)  # the video is 400 x 200
+    with pytest.raises(WanAnimateError, match=r"The video driving.mp4 is 400x200 px; its shorter side must be at least 201 px"):
+        fake_preprocessor().prepare("replace", media["photo"], media["video"], tmp_path / "b")

@@ -6,6 +6,8 @@
   embedding with a class slot, pre-norm blocks with a fused qkv, final LayerNorm, deconvolution head with
   BatchNorm), exported with torch's TorchScript ONNX exporter like upstream's file, and saved with one
   external data file per tensor at ``process_checkpoint/pose2d/vitpose_h_wholebody.onnx``.
+- `build_foreign_pose_onnx`: another network with ViTPose's input and output shapes, which the torch reader
+  cannot map and onnxruntime runs (the pose loader's fallback).
 """
 
 from __future__ import annotations
@@ -178,3 +180,23 @@ def build_tiny_pose_onnx(folder: str | Path, *, opset_version: int = 11, seed: i
     exported.unlink()
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=False)
     return path
+
+
+def build_foreign_pose_onnx(path: str | Path, *, bias: float = 1.0, seed: int = 0) -> Path:
+    """A network that is not ViTPose but has its shapes: one stride-4 convolution, (N, 3, 256, 192) -> (N, 133, 64, 48).
+
+    Args:
+        path: The ``.onnx`` file to write (weights inside it).
+        bias: Added to every heatmap, so the peaks (the keypoint scores) pass the face and skeleton thresholds.
+        seed: Random seed of the weights.
+    """
+    torch.manual_seed(seed)
+    net = nn.Conv2d(3, 133, 4, stride=4)
+    with torch.no_grad():
+        net.weight.mul_(0.1)
+        net.bias.fill_(bias)
+    torch.onnx.export(
+        net, (torch.randn(1, 3, 256, 192),), str(path), dynamo=False, opset_version=11,
+        input_names=["input"], dynamic_axes={"input": {0: "n"}},
+    )  # fmt: skip
+    return Path(path)

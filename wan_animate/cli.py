@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import validation
 from .errors import GenerationCancelled, WanAnimateError
 from .progress import ProgressCallback
 
@@ -49,20 +50,20 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inputs (raw photo + video, or a conditioning folder)")
     group.add_argument("--image", type=Path, help="Character photo (jpg/png/webp). Transparency is composited on white.")
     group.add_argument("--video", type=Path, help="Driving video (mp4/mov/webm/mkv), one clearly visible person.")
-    group.add_argument("--start", type=float, default=0.0, help="First second of the video to use (default 0).")
-    group.add_argument("--end", type=float, default=None, help="Last second of the video to use (default: the end).")
-    group.add_argument("--max-seconds", type=float, default=30.0, help="Refuse longer clips (default 30).")
+    group.add_argument("--start", type=validation.START.parse, default=0.0, help="First second of the video to use (default 0).")
+    group.add_argument("--end", type=validation.END.parse, default=None, help="Last second of the video to use (default: the end).")
+    group.add_argument("--max-seconds", type=validation.MAX_SECONDS.parse, default=30.0, help="Refuse longer clips (default 30).")
     group.add_argument("--resolution", choices=["720p", "480p"], default="720p", help="Output area: 1280x720 or 832x480, aspect kept (default 720p).")
     group.add_argument("--source-fps", action="store_true", help="Keep the video's frame rate instead of resampling to 30 fps.")
     group.add_argument("--retarget", action="store_true", help="Animation: scale the driver's bones to the character's proportions.")
-    group.add_argument("--mask-kernel", type=int, default=7, help="Replacement: mask dilation kernel size (default 7).")
-    group.add_argument("--mask-iterations", type=int, default=3, help="Replacement: mask dilation iterations (default 3).")
-    group.add_argument("--blockify", type=int, nargs=2, default=(1, 1), metavar=("W", "H"), help="Replacement: mask grid; 1 1 = filled box (default), 8-32 = blocky silhouette.")
+    group.add_argument("--mask-kernel", type=validation.MASK_KERNEL.parse, default=7, help="Replacement: mask dilation kernel size (default 7).")
+    group.add_argument("--mask-iterations", type=validation.MASK_ITERATIONS.parse, default=3, help="Replacement: mask dilation iterations (default 3).")
+    group.add_argument("--blockify", type=validation.BLOCKIFY.parse, nargs=2, default=(1, 1), metavar=("W", "H"), help="Replacement: mask grid; 1 1 = filled box (default), 8-32 = blocky silhouette.")
     group.add_argument("--detector", default=None, help="Person detector: hub id or folder (default: RT-DETR).")
     group.add_argument("--pose-model", default=None, help="ViTPose whole-body ONNX: hub id, folder or .onnx file.")
     group.add_argument("--sam2", default=None, help="SAM2 video model: hub id or folder (Replacement).")
     group.add_argument("--pose-backend", choices=["torch", "onnxruntime"], default="torch", help="Run the pose model in torch (default) or onnxruntime.")
-    group.add_argument("--detect-every", type=int, default=None, metavar="N", help="Run the person detector on every N-th frame, boxes in between interpolated (default: 1 on a GPU, 1/6 s of frames on the CPU).")
+    group.add_argument("--detect-every", type=validation.DETECT_EVERY.parse, default=None, metavar="N", help="Run the person detector on every N-th frame, boxes in between interpolated (default: 1 on a GPU, 1/6 s of frames on the CPU).")
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,14 +76,14 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fp8", action="store_true", help="Store transformer weights in fp8, compute in bf16 (less memory, slightly lower quality).")
     group.add_argument("--keep-bf16-copy", action="store_true", help="Keep a bf16 copy of the fp32 transformer next to the cache for faster later starts.")
     group.add_argument("--allow-cpu", action="store_true", help="Allow running without CUDA (only sensible for tiny test models).")
-    group.add_argument("--steps", type=int, default=20, help="Denoising steps per segment (default 20).")
-    group.add_argument("--guidance", type=float, default=1.0, help="Classifier-free guidance; 1.0 = off (default), >1 doubles the time.")
-    group.add_argument("--shift", type=float, default=5.0, help="Flow shift of the schedule (default 5.0).")
-    group.add_argument("--seed", type=int, default=None, help="Random seed (default: random, printed).")
+    group.add_argument("--steps", type=validation.STEPS.parse, default=20, help="Denoising steps per segment (default 20).")
+    group.add_argument("--guidance", type=validation.GUIDANCE.parse, default=1.0, help="Classifier-free guidance; 1.0 = off (default), >1 doubles the time.")
+    group.add_argument("--shift", type=validation.FLOW_SHIFT.parse, default=5.0, help="Flow shift of the schedule (default 5.0).")
+    group.add_argument("--seed", type=validation.SEED.parse, default=None, help="Random seed (default: random, printed).")
     group.add_argument("--overlap", type=int, choices=[1, 5], default=1, help="Frames of the previous segment that condition the next (default 1).")
     group.add_argument("--prompt", default=None, help="Text prompt (the pose and face videos matter far more).")
     group.add_argument("--relight", action=argparse.BooleanOptionalAction, default=None, help="Relighting LoRA (default: on for replace, off for animate).")
-    group.add_argument("--relight-weight", type=float, default=1.0, help="Relighting LoRA strength (default 1.0).")
+    group.add_argument("--relight-weight", type=validation.RELIGHT_WEIGHT.parse, default=1.0, help="Relighting LoRA strength (default 1.0).")
     group.add_argument("--relight-lora", default=None, help="Local relighting_lora.ckpt instead of the hub file.")
     group.add_argument("--lora", action="append", default=[], metavar="SOURCE[::FILE]=WEIGHT", help="Another Wan LoRA (hub id with ::file name, or a file path) and its weight; repeatable.")
     group.add_argument("--color-match", action="store_true", help="Match each segment's colours to the previous one (long clips).")
@@ -137,7 +138,7 @@ def _parse_lora(spec: str) -> tuple[str, str | None, float]:
         source, weight = weight, "1.0"
     repo, _, file_name = source.partition("::")
     try:
-        return repo, file_name or None, float(weight)
+        return repo, file_name or None, validation.LORA_WEIGHT.check(float(weight))
     except ValueError as error:
         raise WanAnimateError(f"--lora {spec!r}: the weight after '=' must be a number.") from error
 

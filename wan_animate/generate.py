@@ -100,21 +100,27 @@ class GenerationSettings:
     step_cache_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        """Raise `WanAnimateError` for settings the pipeline cannot run."""
-        if self.num_inference_steps < 1:
-            raise WanAnimateError(f"Steps must be at least 1, got {self.num_inference_steps}.")
-        if self.overlap_frames not in (1, 5):
+        """Raise `WanAnimateError` for settings the pipeline cannot run (ranges: `wan_animate.validation`)."""
+        from . import validation
+        from .caching import check_step_cache_name
+
+        validation.STEPS.check(self.num_inference_steps)
+        validation.GUIDANCE.check(self.guidance_scale)
+        validation.FLOW_SHIFT.check(self.flow_shift)
+        if self.seed is not None:
+            validation.SEED.check(self.seed)
+        if self.overlap_frames not in validation.OVERLAP_FRAMES:
             raise WanAnimateError(f"Overlap frames must be 1 or 5, got {self.overlap_frames}.")
-        if self.segment_frames % 4 != 1 or self.segment_frames <= self.overlap_frames:
+        segment_frames = validation.SEGMENT_FRAMES.check(self.segment_frames)
+        if segment_frames % 4 != 1 or segment_frames <= self.overlap_frames:
             raise WanAnimateError(
                 f"Segment length must be 4N + 1 frames and longer than the overlap, got {self.segment_frames}."
             )
-        if self.guidance_scale < 1:
-            raise WanAnimateError(f"Guidance must be at least 1.0 (1.0 = off), got {self.guidance_scale}.")
+        validation.RELIGHT_WEIGHT.check(self.relight_weight)
+        for name, weight in self.lora_weights.items():
+            validation.check_float(f"LoRA weight of {name}", weight, validation.LORA_WEIGHT.low, validation.LORA_WEIGHT.high)
         if self.scheduler is not None:
             self.scheduler.check(self.num_inference_steps)
-        from .caching import check_step_cache_name
-
         check_step_cache_name(self.step_cache)
 
 

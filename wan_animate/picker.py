@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import WanAnimateError
 from .preprocess.mask import PointPrompt
+from .validation import POINT_FRAME, POINT_X, POINT_Y
 from .video import iter_video, probe_video, read_image
 
 POSITIVE_COLOR = (40, 220, 60)
@@ -40,33 +41,50 @@ class Click:
     positive: bool = True
 
 
+MAX_POINTS = 100
+"""Most clicks one job takes: SAM2 is prompted with every one of them, and a person needs a handful."""
+MAX_POINTS_TEXT = 20_000
+"""Longest points JSON accepted, in characters (100 clicks as `dump_clicks` writes them take about 8,500)."""
+
+_POINTS_FORMAT = 'Points must be a JSON list like [{"frame": 0, "x": 0.5, "y": 0.4, "positive": true}] (x and y as fractions of the frame)'
+
+
 def parse_clicks(value: str | list | None) -> list[Click]:
     """Read clicks from JSON text or a list: objects ``{"frame", "x", "y", "positive"}`` or ``[frame, x, y, positive]``.
 
     Raises:
-        WanAnimateError: Malformed JSON, or a position outside 0..1.
+        WanAnimateError: Malformed or oversized JSON, more than `MAX_POINTS` clicks, or a frame, x or y outside its
+            range (`wan_animate.validation`).
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return []
+    if isinstance(value, str) and len(value) > MAX_POINTS_TEXT:
+        raise WanAnimateError(f"Points are {len(value)} characters of JSON; at most {MAX_POINTS_TEXT} are accepted.")
     try:
         items = json.loads(value) if isinstance(value, str) else value
-        clicks = [_click(item) for item in items]
-    except (ValueError, TypeError, KeyError) as error:
-        raise WanAnimateError(
-            'Points must be a JSON list like [{"frame": 0, "x": 0.5, "y": 0.4, "positive": true}] '
-            f"(x and y as fractions of the frame): {error}"
-        ) from error
-    for click in clicks:
-        if not (0 <= click.x <= 1 and 0 <= click.y <= 1) or click.frame < 0:
-            raise WanAnimateError(f"Point {click} is outside the frame: x and y are fractions 0..1, frame >= 0.")
-    return clicks
+    except ValueError as error:
+        raise WanAnimateError(f"{_POINTS_FORMAT}: {error}.") from None
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise WanAnimateError(f"{_POINTS_FORMAT}: the JSON is nested too deeply.") from None
+    if not isinstance(items, (list, tuple)):
+        raise WanAnimateError(f"{_POINTS_FORMAT}: got {type(items).__name__}.")
+    if len(items) > MAX_POINTS:
+        raise WanAnimateError(f"{len(items)} points were given; at most {MAX_POINTS} are accepted.")
+    return [_click(item) for item in items]
 
 
 def _click(item: Any) -> Click:
     if isinstance(item, dict):
-        return Click(int(item["frame"]), float(item["x"]), float(item["y"]), bool(item.get("positive", True)))
-    frame, x, y, *rest = item
-    return Click(int(frame), float(x), float(y), bool(rest[0]) if rest else True)
+        if not {"frame", "x", "y"} <= item.keys():
+            raise WanAnimateError(f"{_POINTS_FORMAT}: a point lacks frame, x or y.")
+        frame, x, y, positive = item["frame"], item["x"], item["y"], item.get("positive", True)
+    elif isinstance(item, (list, tuple)) and len(item) in (3, 4):
+        frame, x, y, positive = (*item, True)[:4]
+    else:
+        raise WanAnimateError(f"{_POINTS_FORMAT}: got the point {str(item)[:40]!r}.")
+    if not isinstance(positive, (bool, int)) or isinstance(positive, int) and positive not in (0, 1):
+        raise WanAnimateError(f"A point's positive must be true or false; got {str(positive)[:40]!r}.")
+    return Click(POINT_FRAME.check(frame), POINT_X.check(x), POINT_Y.check(y), bool(positive))
 
 
 def dump_clicks(clicks: Iterable[Click]) -> str:
@@ -141,8 +159,7 @@ def read_frame(
     Raises:
         WanAnimateError: Unreadable video or invalid trim.
     """
-    if index < 0:
-        raise WanAnimateError(f"Frame index must be at least 0, got {index}.")
+    index = POINT_FRAME.check(index)
 
     def shown_size(height: int, width: int) -> tuple[int, int]:
         scale = min(1.0, max_side / max(height, width))

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import WanAnimateError
 from .progress import ProgressCallback
+from .validation import FPS, MAX_SECONDS, check_trim
 
 logger = logging.getLogger("wan_animate")
 
@@ -61,14 +62,24 @@ class Clip:
     start: float
 
 
+def _unreadable_video(path: Path, error: Exception) -> WanAnimateError:
+    """The user's sentence for a file FFmpeg cannot read; the path and FFmpeg's error code go to the log only."""
+    logger.warning("FFmpeg could not read %s: %s", path, error)
+    return WanAnimateError(
+        f"Could not read {path.name} as a video: the file is damaged, incomplete or not a video. "
+        "Try an mp4, mov, webm or mkv file."
+    )
+
+
 def _open(path: str | Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
-        raise WanAnimateError(f"Video file not found: {path}")
+        logger.warning("Video file not found: %s", path)
+        raise WanAnimateError(f"The video file {path.name} was not found. Upload or choose it again.")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise WanAnimateError(f"Could not read {path.name} as a video ({error}). Try an mp4, mov, webm or mkv file.") from error
+        raise _unreadable_video(path, error) from None
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -79,7 +90,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     """
     with _open(path) as container:
         if not container.streams.video:
-            raise WanAnimateError(f"{Path(path).name} has no video stream.")
+            raise WanAnimateError(f"{Path(path).name} has no video stream (is it a sound file?). Use a video with a person in it.")
         if container.format.name == "image2" or container.format.name.endswith("_pipe"):
             raise WanAnimateError(f"{Path(path).name} is a still image, not a video. Upload the driving video here.")
         stream = container.streams.video[0]
@@ -91,7 +102,10 @@ def probe_video(path: str | Path) -> VideoInfo:
         else:
             duration = (stream.frames or 0) / fps
         width, height = stream.codec_context.width, stream.codec_context.height
-        rotation = _stream_rotation(container)
+        try:
+            rotation = _stream_rotation(container)
+        except av.error.FFmpegError as error:
+            raise _unreadable_video(Path(path), error) from None
         if rotation % 180:
             width, height = height, width
         return VideoInfo(width=width, height=height, fps=fps, duration=duration, has_audio=bool(container.streams.audio))
@@ -120,19 +134,26 @@ def resample_indices(num_source: int, source_fps: float, target_fps: float) -> n
     return np.minimum(np.round(t / target_fps * source_fps).astype(np.int64), num_source - 1)
 
 
-def _decoded_frames(container: av.container.InputContainer) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(time in seconds, RGB frame)`` for every frame of the first video stream, rotation applied."""
+def _decoded_frames(container: av.container.InputContainer, path: Path) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(time in seconds, RGB frame)`` for every frame of the first video stream, rotation applied.
+
+    Raises:
+        WanAnimateError: The stream breaks off or is damaged part-way (naming ``path``'s file).
+    """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            continue
-        image = frame.to_ndarray(format="rgb24")
-        # The display matrix gives the counter-clockwise rotation needed to show the frame upright.
-        rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-        if rotation:
-            image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
-        yield float(frame.pts * stream.time_base), image
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            # The display matrix gives the counter-clockwise rotation needed to show the frame upright.
+            rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+            if rotation:
+                image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+            yield float(frame.pts * stream.time_base), image
+    except av.error.FFmpegError as error:
+        raise _unreadable_video(path, error) from None
 
 
 def read_video(
@@ -196,18 +217,21 @@ def iter_video(
     Raises:
         WanAnimateError: Unreadable or empty file, clip over ``max_seconds``, or frames over ``max_side``.
     """
+    start, end = check_trim(start, end)
+    if fps is not None:
+        FPS.check(fps)
+    if max_seconds is not None:
+        MAX_SECONDS.check(max_seconds)
     info = probe_video(path)
     if max(info.width, info.height) > max_side:
         raise WanAnimateError(
-            f"The video is {info.width}x{info.height}; the largest side accepted is {max_side} px. "
+            f"The video {Path(path).name} is {info.width}x{info.height}; the largest side accepted is {max_side} px. "
             "Downscale it (e.g. to 1080p) and try again."
         )
-    if start < 0 or (end is not None and end <= start):
-        raise WanAnimateError(f"Invalid trim: start {start:.2f} s, end {end} s. The end must come after the start.")
     clip_end = info.duration if end is None else min(end, info.duration)
     if max_seconds is not None and clip_end - start > max_seconds + 1e-6:
         raise WanAnimateError(
-            f"The clip is {clip_end - start:.1f} s long; the limit is {max_seconds:g} s. "
+            f"The clip of {Path(path).name} is {clip_end - start:.1f} s long; the limit is {max_seconds:g} s. "
             "Trim it with the start and end settings."
         )
     target_size = size(info.height, info.width) if callable(size) else size
@@ -236,14 +260,14 @@ def iter_video(
     with _open(path) as container:
         if start > 0:
             container.seek(int(start * av.time_base), backward=True, any_frame=False)
-        for time, image in _decoded_frames(container):
+        for time, image in _decoded_frames(container, Path(path)):
             if time < start - 1e-6:
                 continue
             if end is not None and time >= end - 1e-6:
                 break
             if max_seconds is not None and time - start > max_seconds + 1.0:
                 raise WanAnimateError(
-                    f"The clip is longer than {max_seconds:g} s. Trim it with the start and end settings."
+                    f"The clip of {Path(path).name} is longer than {max_seconds:g} s. Trim it with the start and end settings."
                 )
             seen += 1
             if fps is None:
@@ -267,7 +291,8 @@ def iter_video(
             if progress is not None:
                 progress(min(emitted, expected), expected, "Decoding video")
     if seen == 0:
-        raise WanAnimateError(f"{Path(path).name} has no frames in the chosen range.")
+        where = " in the chosen range" if start > 0 or end is not None else ""
+        raise WanAnimateError(f"{Path(path).name} has no video frames{where}.")
     if fps is not None:
         num_output = max(1, math.floor(seen / source_fps * fps + 1e-9))
         while emitted < num_output:  # indices past the end are clipped to the last frame
@@ -422,20 +447,34 @@ def write_side_by_side(
 def read_image(path: str | Path, *, max_side: int = MAX_FRAME_SIDE * 2) -> np.ndarray:
     """Read a photo as RGB uint8: EXIF orientation applied, alpha composited on white, any mode converted.
 
+    The size is checked from the header, before the pixels are decoded.
+
     Raises:
-        WanAnimateError: Missing or unreadable file, not an image, or larger than ``max_side``.
+        WanAnimateError: Missing or unreadable file, not an image, or larger than ``max_side``; the message names
+            the file, the log has its path and the decoder's error.
     """
     path = Path(path)
     if not path.is_file():
-        raise WanAnimateError(f"Image file not found: {path}")
+        logger.warning("Image file not found: %s", path)
+        raise WanAnimateError(f"The photo {path.name} was not found. Upload or choose it again.")
     try:
         with Image.open(path) as image:
+            if max(image.size) > max_side:
+                raise WanAnimateError(
+                    f"The photo {path.name} is {image.width}x{image.height} px; the largest side accepted is "
+                    f"{max_side} px. Downscale it and try again."
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise WanAnimateError(f"Could not read {path.name} as an image ({error}). Use a JPEG, PNG or WebP photo.") from error
-    if max(image.size) > max_side:
-        raise WanAnimateError(f"The photo is {image.width}x{image.height}; the largest side accepted is {max_side} px.")
+    except Image.DecompressionBombError as error:
+        logger.warning("Refused %s: %s", path, error)
+        raise WanAnimateError(f"The photo {path.name} has too many pixels to read safely. Downscale it and try again.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        logger.warning("Could not read %s as an image: %s", path, error)
+        raise WanAnimateError(
+            f"Could not read {path.name} as an image: the file is damaged, incomplete or not a photo. "
+            "Use a JPEG, PNG or WebP photo."
+        ) from None
     return to_rgb(image)
 
 

@@ -6,6 +6,9 @@ The weights are upstream's ONNX export of ViTPose-H whole-body. Two ways to run 
   `transformers`' ``VitPoseForPoseEstimation``, which runs on the GPU beside diffusers with no extra package.
 - ``backend="onnxruntime"``: the ONNX file as is, in an onnxruntime session.
 
+A file whose graph the torch reader does not understand (another export of ViTPose) falls back to onnxruntime
+by itself: logged, and said in the quality report (`PoseEstimator.fallback`).
+
 Top-down pose, as upstream and mmpose do it: the person box is widened to the model's 192:256 aspect and
 padded 1.25x, that region is warped to a 256 x 192 crop, the crop is normalised with ImageNet mean/std (in RGB
 order: upstream feeds BGR by accident, the contract's fix), the model gives 64 x 48 heatmaps, and each
@@ -25,7 +28,7 @@ import torch
 from ..errors import WanAnimateError
 from ..hub import default_device, resolve_model_folder
 from ..progress import ProgressCallback
-from .vitpose_onnx import INPUT_SIZE, vitpose_from_onnx
+from .vitpose_onnx import INPUT_SIZE, UnsupportedPoseGraph, vitpose_from_onnx
 
 logger = logging.getLogger("wan_animate")
 
@@ -237,6 +240,8 @@ class HeatmapRunner(Protocol):
 class TorchRunner:
     """The ONNX weights in `transformers`' ``VitPoseForPoseEstimation``, on a torch device."""
 
+    backend = "torch"
+
     def __init__(self, model: torch.nn.Module, device: str) -> None:
         self.model = model.to(device).eval()
         self.device = device
@@ -249,6 +254,8 @@ class TorchRunner:
 
 class OnnxRuntimeRunner:
     """The ONNX file in an onnxruntime session: the CUDA provider where it is installed, else CPU."""
+
+    backend = "onnxruntime"
 
     def __init__(self, onnx_path: Path, device: str) -> None:
         import onnxruntime
@@ -285,10 +292,17 @@ class PoseEstimator:
     Attributes:
         runner: The network (see `TorchRunner`, `OnnxRuntimeRunner`).
         device: Where the network actually runs.
+        fallback: Why the network runs in onnxruntime although torch was asked for, else ``None``.
     """
 
-    def __init__(self, runner: HeatmapRunner) -> None:
+    def __init__(self, runner: HeatmapRunner, fallback: str | None = None) -> None:
         self.runner = runner
+        self.fallback = fallback
+
+    @property
+    def backend(self) -> str:
+        """``"torch"`` or ``"onnxruntime"``: what the network actually runs in."""
+        return getattr(self.runner, "backend", type(self.runner).__name__)
 
     @property
     def device(self) -> str:
@@ -303,22 +317,29 @@ class PoseEstimator:
         Args:
             source: Hub repo id (only ``process_checkpoint/pose2d/`` is downloaded), a local folder holding
                 `POSE_FILE` or the ``.onnx`` directly, or the ``.onnx`` file.
-            backend: ``"torch"`` (ONNX weights in transformers' ViTPose, default) or ``"onnxruntime"``.
+            backend: ``"torch"`` (ONNX weights in transformers' ViTPose, default) or ``"onnxruntime"``. A graph
+                the torch reader does not understand runs in onnxruntime instead (``.fallback`` says why).
             device: Torch device; ``None`` picks CUDA when available, else CPU.
 
         Returns:
-            The estimator; ``.device`` tells where it runs (also logged).
+            The estimator; ``.backend`` and ``.device`` tell how and where it runs (also logged).
         """
         onnx_path = resolve_pose_file(source)
         device = device or default_device()
+        fallback = None
         if backend == "torch":
-            runner: HeatmapRunner = TorchRunner(vitpose_from_onnx(onnx_path, device), device)
+            try:
+                runner: HeatmapRunner = TorchRunner(vitpose_from_onnx(onnx_path, device), device)
+            except UnsupportedPoseGraph as error:
+                fallback = error.detail
+                logger.warning("The pose model's graph can't be read into torch (%s); running it in onnxruntime.", fallback)
+                runner = OnnxRuntimeRunner(onnx_path, device)
         elif backend == "onnxruntime":
             runner = OnnxRuntimeRunner(onnx_path, device)
         else:
             raise WanAnimateError(f"Unknown pose backend '{backend}': use 'torch' or 'onnxruntime'.")
-        logger.info("Pose model %s loaded with the %s backend on %s.", onnx_path, backend, runner.device)
-        return cls(runner)
+        logger.info("Pose model %s loaded with the %s backend on %s.", onnx_path, runner.backend, runner.device)
+        return cls(runner, fallback)
 
     def estimate(
         self,

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from .. import validation
 from ..conditioning import BACKGROUND_FILE, FACE_FILE, POSE_FILE, Conditioning, Mode
 from ..errors import WanAnimateError
 from ..progress import ProgressCallback
@@ -36,7 +37,7 @@ from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frames,
 from .pose import DEFAULT_POSE_REPO, PoseEstimator
 from .report import QualityReport
 from .retarget import retarget_poses
-from .sizing import letterbox, output_size
+from .sizing import RESOLUTION_AREAS, letterbox, output_size
 from .skeleton import draw_skeleton
 
 logger = logging.getLogger("wan_animate")
@@ -93,6 +94,29 @@ class PreprocessOptions:
     detection_threshold: float = 0.5
     detect_every: int | None = None
 
+    def check(self) -> None:
+        """Raise `WanAnimateError` for a value outside its range (`wan_animate.validation`), naming the field."""
+        if self.resolution not in RESOLUTION_AREAS:
+            raise WanAnimateError(f"Unknown resolution {self.resolution!r}: use one of {', '.join(RESOLUTION_AREAS)}.")
+        if self.fps is not None:
+            validation.FPS.check(self.fps)
+        validation.check_trim(self.start, self.end)
+        validation.MAX_SECONDS.check(self.max_seconds)
+        validation.MASK_KERNEL.check(self.mask_kernel)
+        validation.MASK_ITERATIONS.check(self.mask_iterations)
+        if len(self.blockify) != 2:
+            raise WanAnimateError(f"Blockify grid must be two whole numbers (columns, rows); got {self.blockify!r}.")
+        for cells in self.blockify:
+            validation.BLOCKIFY.check(cells)
+        validation.DETECTION_THRESHOLD.check(self.detection_threshold)
+        if self.detect_every is not None:
+            validation.DETECT_EVERY.check(self.detect_every)
+        points = ([] if self.person_point is None else [self.person_point]) + [(p.frame, p.x, p.y) for p in self.points]
+        for frame, x, y in points:
+            validation.POINT_FRAME.check(frame)
+            validation.check_float("Point x", x, 0.0, None)
+            validation.check_float("Point y", y, 0.0, None)
+
 
 @dataclass
 class Preprocessed:
@@ -128,6 +152,7 @@ class _Tracked:
     detect_every: int
     detect_device: str
     warnings: list[str] = field(default_factory=list)
+    person_height: float | None = None
 
 
 class Preprocessor:
@@ -204,6 +229,7 @@ class Preprocessor:
             WanAnimateError: Unreadable inputs, clip too long or too large, no person, no face, empty mask.
         """
         options = options or PreprocessOptions()
+        options.check()
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -257,6 +283,21 @@ class Preprocessor:
         if found.mean() < WARN_PERSON_RATIO:
             warnings.append(f"The person is missing in {(~found).sum()} frames; the pose there is carried over.")
         return _Tracked(poses=poses, track=track, detect_every=every, detect_device=device, warnings=warnings)
+
+    @staticmethod
+    def _check_person_size(tracked: _Tracked, to_video_pixels: float, video_name: str) -> None:
+        """Refuse a person too small to read; warn in the band above (`validation.check_person_height`).
+
+        Args:
+            tracked: The followed person, in the pixels of the analysed frames.
+            to_video_pixels: Scale from those pixels to the driving video's own.
+            video_name: The video's name for the messages.
+        """
+        boxes = tracked.track.boxes[~np.isnan(tracked.track.boxes).any(axis=1)]
+        tracked.person_height = float(np.median(boxes[:, 3] - boxes[:, 1])) * to_video_pixels
+        warning = validation.check_person_height(tracked.person_height, video_name)
+        if warning:
+            tracked.warnings.append(warning)
 
     def _detect(
         self,
@@ -312,6 +353,9 @@ class Preprocessor:
             mask_coverage=coverage,
             detect_every=tracked.detect_every,
             detect_device=tracked.detect_device,
+            person_height=tracked.person_height,
+            pose_backend=self.pose_estimator.backend,
+            pose_fallback=self.pose_estimator.fallback,
             warnings=tracked.warnings,
         )
 
@@ -323,9 +367,11 @@ class Preprocessor:
         """Animation: the output takes the photo's aspect; the skeleton is drawn on the driving frame's own
         canvas and letterboxed into the output (or, with retargeting, drawn on the output canvas)."""
         reference = read_image(image_path)
+        validation.check_photo_size(*reference.shape[:2], image_path.name)
         size = output_size(reference.shape[0], reference.shape[1], options.resolution)
         reference = letterbox(reference, size, interpolation="auto")
         info = probe_video(video_path)
+        validation.check_video_size(info.height, info.width, video_path.name)
         source_size = (info.height, info.width)
         scale = min(1.0, ANALYSIS_MAX_SIDE / max(source_size))
         analysis_size = (max(1, round(source_size[0] * scale)), max(1, round(source_size[1] * scale)))
@@ -333,6 +379,7 @@ class Preprocessor:
         analysis = _FrameSource(video_path, size=analysis_size, **decode)
         point = _scale_point(options.person_point, size, analysis_size)
         tracked = self._track(analysis, options, point, progress)
+        self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
         # Keypoints back into the driving video's own pixels (the canvas the contract draws on).
         tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
         tracked.poses = _with_body(tracked.poses, fill_missing_bodies(tracked.poses.body))
@@ -376,8 +423,11 @@ class Preprocessor:
         """Replacement: the output takes the video's aspect; frames are resized to the output size first and
         everything is computed at that size."""
         info = probe_video(video_path)
+        validation.check_video_size(info.height, info.width, video_path.name)
         size = output_size(info.height, info.width, options.resolution)
-        reference = letterbox(read_image(image_path), size, interpolation="auto")
+        photo = read_image(image_path)
+        validation.check_photo_size(*photo.shape[:2], image_path.name)
+        reference = letterbox(photo, size, interpolation="auto")
         decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
         source = _FrameSource(video_path, size=None, **decode)
         # Each decoded frame is letterboxed into the output size at once (as upstream's padding resize), so only
@@ -385,6 +435,7 @@ class Preprocessor:
         frames = np.stack([letterbox(frame, size, interpolation="auto") for frame in source.frames()])
         in_memory = _ArraySource(frames, source.fps)
         tracked = self._track(in_memory, options, options.person_point, progress)
+        self._check_person_size(tracked, info.height / size[0], video_path.name)
         tracked.poses = _with_body(tracked.poses, fill_missing_bodies(tracked.poses.body))
         face_boxes, face_ratio = self._faces(tracked, size)
         skeleton = np.stack([draw_skeleton(tracked.poses.frame(i), size) for i in range(len(frames))])

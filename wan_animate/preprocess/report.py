@@ -19,6 +19,11 @@ class QualityReport:
         detect_every: The person detector ran on every this-many-th frame (and the last); the boxes in
             between were interpolated.
         detect_device: Where the detector ran (``"cpu"``, ``"cuda"``, ...), which decided the default stride.
+        person_height: Median height of the person's box in the driving video's pixels (a small person is
+            refused or warned about: `wan_animate.validation.check_person_height`).
+        pose_backend: What the pose model ran in (``"torch"`` or ``"onnxruntime"``).
+        pose_fallback: Why it ran in onnxruntime although torch was asked for (the file's graph could not be
+            read into torch), else ``None``.
         warnings: Plain-language problems worth fixing before generating.
     """
 
@@ -30,6 +35,9 @@ class QualityReport:
     mask_coverage: float | None = None
     detect_every: int = 1
     detect_device: str | None = None
+    person_height: float | None = None
+    pose_backend: str | None = None
+    pose_fallback: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
@@ -39,12 +47,18 @@ class QualityReport:
                 f"- **Person found** in {self.person_frames} of {self.frames} frames"
                 f" ({self.persons_seen} {'person' if self.persons_seen == 1 else 'people'} seen at most)"
             ),
+            *([f"- **Person height** about {self.person_height:.0f} px"] if self.person_height is not None else []),
             f"- **Pose confidence**: {self.mean_pose_confidence:.2f}",
             f"- **Face found** in {self.face_found_ratio:.0%} of frames",
         ]
         if self.mask_coverage is not None:
             lines.append(f"- **Mask covers** {self.mask_coverage:.0%} of the frame")
         lines.append(f"- **People detected** {self.detection_text()}")
+        if self.pose_fallback:
+            lines.append(
+                f"- **Pose model** ran in {self.pose_backend}: its file could not be read into torch "
+                f"({self.pose_fallback}). The keypoints are the same; only the speed may differ."
+            )
         lines += [f"- ⚠️ {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
@@ -66,6 +80,9 @@ class QualityReport:
             "mask_coverage": None if self.mask_coverage is None else round(self.mask_coverage, 4),
             "detect_every": self.detect_every,
             "detect_device": self.detect_device,
+            "person_height": None if self.person_height is None else round(self.person_height, 1),
+            "pose_backend": self.pose_backend,
+            "pose_fallback": self.pose_fallback,
             "warnings": list(self.warnings),
         }
 

@@ -25,14 +25,19 @@ INPUT_SIZE = (256, 192)
 
 
 class UnsupportedPoseGraph(WanAnimateError):
-    """The ONNX graph is not the ViTPose layout the torch backend understands."""
+    """The ONNX graph is not the ViTPose layout the torch backend understands (`PoseEstimator.from_pretrained`
+    then runs it in onnxruntime).
 
+    Attributes:
+        detail: What in the graph did not fit.
+    """
 
-def _unsupported(detail: str) -> UnsupportedPoseGraph:
-    return UnsupportedPoseGraph(
-        f"The pose model's ONNX graph can't be read into the torch backend: {detail}. "
-        "Use backend='onnxruntime' for this file."
-    )
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"The pose model's ONNX graph can't be read into the torch backend: {detail}. "
+            "Use backend='onnxruntime' for this file."
+        )
+        self.detail = detail
 
 
 @dataclass
@@ -104,12 +109,12 @@ class _OnnxGraph:
                 return np.array(onnx.helper.get_attribute_value(attribute))
             if attribute.name in ("value_floats", "value_ints"):
                 return np.array(list(onnx.helper.get_attribute_value(attribute)))
-        raise _unsupported(f"constant {name} has no value")
+        raise UnsupportedPoseGraph(f"constant {name} has no value")
 
     def tensor(self, name: str, origin: str, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> _Tensor:
         shape = self.shape(name)
         if shape is None:
-            raise _unsupported(f"{origin} is not a constant")
+            raise UnsupportedPoseGraph(f"{origin} is not a constant")
         if transform is not None:
             shape = tuple(transform(np.empty(shape, dtype=np.uint8)).shape)
         load = (lambda: transform(self.value(name))) if transform is not None else (lambda: self.value(name))
@@ -240,7 +245,7 @@ def _graph_layers(graph: _OnnxGraph) -> list[_Layer]:
             layers.append(layer)
         elif op == "LayerNormalization":
             if int(attrs.get("axis", -1)) != -1 or len(node.input) < 3 or not node.input[2]:
-                raise _unsupported("a LayerNormalization is not over the last axis with a bias")
+                raise UnsupportedPoseGraph("a LayerNormalization is not over the last axis with a bias")
             layer = _Layer("norm", position, attrs={"eps": float(attrs.get("epsilon", 1e-5))})
             layer.tensors = {
                 "weight": graph.tensor(node.input[1], "LayerNormalization scale"),
@@ -261,7 +266,7 @@ def _graph_layers(graph: _OnnxGraph) -> list[_Layer]:
             layers.append(layer)
         elif op == "Gemm" and graph.is_const(node.input[1]):
             if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
-                raise _unsupported("a Gemm has scaling or a transposed input")
+                raise UnsupportedPoseGraph("a Gemm has scaling or a transposed input")
             layer = _Layer("linear", position)
             transform = None if attrs.get("transB", 0) else np.transpose
             layer.tensors["weight"] = graph.tensor(node.input[1], "Gemm weight", transform)
@@ -317,7 +322,7 @@ class _Cursor:
 
     def take(self, kind: str, what: str) -> _Layer:
         if self.peek() != kind:
-            raise _unsupported(f"expected the {what} ({kind}) but found {self.peek() or 'the end of the graph'}")
+            raise UnsupportedPoseGraph(f"expected the {what} ({kind}) but found {self.peek() or 'the end of the graph'}")
         self.index += 1
         return self.layers[self.index - 1]
 
@@ -330,7 +335,7 @@ def _read_vitpose_layout(layers: list[_Layer]):
     while cursor.peek() == "position":
         positions.append(cursor.take("position", "position embedding"))
     if not positions:
-        raise _unsupported("no position embedding Add follows the patch embedding")
+        raise UnsupportedPoseGraph("no position embedding Add follows the patch embedding")
     blocks = []
     while cursor.peek() == "norm" and cursor.peek(1) == "linear":
         parts = [cursor.take(kind, what) for kind, what in _BLOCK_PARTS]
@@ -338,7 +343,7 @@ def _read_vitpose_layout(layers: list[_Layer]):
         mlp_hints = [layer for layer in layers if parts[4].position < layer.position < parts[5].position]
         blocks.append(_Block(*parts, attention_hints=attention_hints, mlp_hints=mlp_hints))
     if not blocks:
-        raise _unsupported("no transformer blocks (LayerNorm, qkv, proj, LayerNorm, fc1, fc2) were found")
+        raise UnsupportedPoseGraph("no transformer blocks (LayerNorm, qkv, proj, LayerNorm, fc1, fc2) were found")
     last_norm = cursor.take("norm", "final LayerNorm")
     head = []
     for _ in range(2):
@@ -347,7 +352,7 @@ def _read_vitpose_layout(layers: list[_Layer]):
         head.append((deconv, batchnorm))
     final = cursor.take("conv", "final 1x1 convolution")
     if cursor.peek() is not None:
-        raise _unsupported(f"unexpected {cursor.peek()} after the final convolution")
+        raise UnsupportedPoseGraph(f"unexpected {cursor.peek()} after the final convolution")
     return patch, positions, blocks, last_norm, head, final
 
 
@@ -374,7 +379,7 @@ def _attention_heads(block: _Block, hidden: int) -> int:
             head_dim = round(hint.attrs["value"] ** -2)
             if head_dim > 0 and hidden % head_dim == 0 and abs(head_dim ** -0.5 - hint.attrs["value"]) < 1e-4:
                 return hidden // head_dim
-    raise _unsupported("the number of attention heads could not be read from the graph")
+    raise UnsupportedPoseGraph("the number of attention heads could not be read from the graph")
 
 
 def _vitpose_sources(layers: list[_Layer], image_size: tuple[int, int]):
@@ -384,15 +389,15 @@ def _vitpose_sources(layers: list[_Layer], image_size: tuple[int, int]):
     patch, positions, blocks, last_norm, head, final = _read_vitpose_layout(layers)
     hidden, channels, kernel_h, kernel_w = patch.tensors["weight"].shape
     if channels != 3 or kernel_h != kernel_w or list(patch.attrs.get("strides", [])) != [kernel_h, kernel_w]:
-        raise _unsupported("the patch embedding is not a square convolution with stride equal to its size")
+        raise UnsupportedPoseGraph("the patch embedding is not a square convolution with stride equal to its size")
     if list(patch.attrs.get("pads", [0] * 4)) != [2, 2, 2, 2]:
-        raise _unsupported("the patch embedding's padding is not 2 (ViTPose's)")
+        raise UnsupportedPoseGraph("the patch embedding's padding is not 2 (ViTPose's)")
     heads = {_attention_heads(block, hidden) for block in blocks}
     norms = [layer for block in blocks for layer in (block.norm1, block.norm2)] + [last_norm]
     epsilons = {layer.attrs["eps"] for layer in norms}
     mlp_hidden = blocks[0].fc1.tensors["weight"].shape[0]
     if len(heads) != 1 or len(epsilons) != 1 or mlp_hidden % hidden:
-        raise _unsupported("the blocks differ in heads or LayerNorm epsilon, or the MLP ratio is not whole")
+        raise UnsupportedPoseGraph("the blocks differ in heads or LayerNorm epsilon, or the MLP ratio is not whole")
     uses_tanh = any(hint.kind == "activation" and hint.attrs["tanh"] for block in blocks for hint in block.mlp_hints)
     num_labels = final.tensors["weight"].shape[0]
     backbone = VitPoseBackboneConfig(
@@ -441,9 +446,9 @@ def _vitpose_sources(layers: list[_Layer], image_size: tuple[int, int]):
     for deconv, _ in head:
         attrs = deconv.attrs
         if list(attrs.get("strides", [])) != [2, 2] or list(attrs.get("pads", [])) != [1, 1, 1, 1]:
-            raise _unsupported("the decoder's transposed convolutions are not kernel 4, stride 2, padding 1")
+            raise UnsupportedPoseGraph("the decoder's transposed convolutions are not kernel 4, stride 2, padding 1")
         if any(attrs.get("output_padding", [0, 0])) or deconv.tensors["weight"].shape[2:] != (4, 4):
-            raise _unsupported("the decoder's transposed convolutions are not kernel 4 without output padding")
+            raise UnsupportedPoseGraph("the decoder's transposed convolutions are not kernel 4 without output padding")
     return config, dict(sources)
 
 
@@ -475,7 +480,7 @@ def _position_embedding(positions: list[_Layer], hidden: int) -> _Tensor:
     patch_terms = [layer.attrs["value"] for layer in positions if layer.attrs["value"].shape[1] != 1]
     class_terms = [layer.attrs["value"] for layer in positions if layer.attrs["value"].shape[1] == 1]
     if len(patch_terms) != 1 or len(class_terms) > 1 or patch_terms[0].shape[::2] != (1, hidden):
-        raise _unsupported("the position embedding Adds are not one (1, P, C) and at most one (1, 1, C) constant")
+        raise UnsupportedPoseGraph("the position embedding Adds are not one (1, P, C) and at most one (1, 1, C) constant")
     patches = patch_terms[0].astype(np.float32)
     class_slot = class_terms[0].astype(np.float32) if class_terms else np.zeros((1, 1, hidden), np.float32)
     value = np.concatenate([class_slot, patches], axis=1)
@@ -493,7 +498,7 @@ def _batchnorm_sources(deconv: _Layer, batchnorm: _Layer | None) -> dict[str, _T
     bias = deconv.tensors.get("bias")
     if batchnorm is None:
         if bias is None:
-            raise _unsupported("a decoder transposed convolution has neither BatchNorm nor bias")
+            raise UnsupportedPoseGraph("a decoder transposed convolution has neither BatchNorm nor bias")
         channels = bias.shape
         return {
             "weight": _Tensor("folded BatchNorm: ones", channels, lambda: np.ones(channels, np.float32)),
@@ -561,7 +566,7 @@ def vitpose_from_onnx(onnx_path: Path, device: str = "cpu"):
         if key in expected and len(found) == 1 and tuple(found[0].shape) != expected[key]
     ]
     if problems:
-        raise _unsupported("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        raise UnsupportedPoseGraph("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
 
     model = model.to_empty(device=device)
     state = model.state_dict()
@@ -583,6 +588,6 @@ def _input_size(graph: _OnnxGraph) -> tuple[int, int]:
     dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in model_input.type.tensor_type.shape.dim]
     if len(dims) == 4 and dims[2] and dims[3]:
         if (dims[2], dims[3]) != INPUT_SIZE:
-            raise _unsupported(f"the model input is {dims[2]} x {dims[3]}, not {INPUT_SIZE[0]} x {INPUT_SIZE[1]}")
+            raise UnsupportedPoseGraph(f"the model input is {dims[2]} x {dims[3]}, not {INPUT_SIZE[0]} x {INPUT_SIZE[1]}")
         return dims[2], dims[3]
     return INPUT_SIZE
