@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_preprocess_models import build_tiny_pose_onnx
+from wan_animate.demo.preprocess_models import build_tiny_pose_onnx
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess.pose import (
     IMAGENET_MEAN,
