@@ -22,7 +22,7 @@ import gradio as gr
 from wan_animate.models import DEFAULT_MODEL_ID, get_pipeline
 from wan_animate.picker import describe_clicks
 from wan_animate.presets import DEFAULT_FAST_LORA, available_presets, get_preset
-from wan_animate.space import AppConfig, Studio
+from wan_animate.space import PREVIEWS, AppConfig, Studio
 from wan_animate.video import DEFAULT_MAX_SECONDS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -40,6 +40,12 @@ GOOD_INPUTS = (
     "**Good inputs:** one clearly visible person, facing the camera in the first frame, whole body in view; "
     f"a clip of at most {DEFAULT_MAX_SECONDS:g} s (trim longer ones). A sharp, front-facing photo of the character."
 )
+PREVIEW_LABELS = {
+    "skeleton": "Skeleton the model follows",
+    "faces": "Face crops",
+    "mask": "Mask (regenerated area)",
+    "background": "Background the model keeps",
+}
 MODE_TEXT = {
     "animate": "The character in the photo performs the video's motion and facial expressions, in the photo's setting.",
     "replace": "The character takes the place of the person in the video, lit like the scene.",
@@ -106,12 +112,13 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         inputs=[photo, video],
         example_labels=["Drawn character + dancing figure, 4 s"],
         label="Example (drawn with OpenCV, see assets/LICENSES.md): click to fill the photo and the video",
+        elem_id=f"{mode}-examples",
     )
     with gr.Row():
         photo.render()
         video.render()
     with gr.Row():
-        start = gr.Number(label="Start (s)", value=0.0, minimum=0.0, step=0.1)
+        start = gr.Number(label="Start (s)", value=0.0, minimum=0.0, step=0.1, elem_id=f"{mode}-start")
         end = gr.Number(label="End (s, 0 = to the end)", value=0.0, minimum=0.0, step=0.1)
         video_line = gr.Markdown()
     with gr.Accordion(
@@ -168,24 +175,19 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
                     gr.Slider(0, 10, value=3, step=1, label="Mask dilation iterations", elem_id=f"{mode}-mask-iterations"),
                     gr.Slider(1, 32, value=1, step=1, label="Blockify grid (1 = whole box)", elem_id=f"{mode}-blockify"),
                 ]
+    # Widths: one row at 1280 px with no label wrapped; on a phone, two short buttons or one long one per line.
     with gr.Row(elem_id=f"{mode}-actions"):
-        extract = gr.Button("1. Extract", variant="secondary", elem_id=f"{mode}-extract", min_width=120)
-        generate = gr.Button("2. Generate", variant="primary", elem_id=f"{mode}-generate", min_width=120)
-        draft = gr.Button("Draft: 480p, 1st segment", elem_id=f"{mode}-draft", min_width=180)
-        oneshot = gr.Button("One click: extract + generate", elem_id=f"{mode}-oneshot", min_width=220)
-        stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop", min_width=80)
+        extract = gr.Button("1. Extract", variant="secondary", elem_id=f"{mode}-extract", min_width=140)
+        generate = gr.Button("2. Generate", variant="primary", elem_id=f"{mode}-generate", min_width=140)
+        draft = gr.Button("Draft: 480p, 1st segment", elem_id=f"{mode}-draft", scale=2, min_width=280)
+        oneshot = gr.Button("One click: extract + generate", elem_id=f"{mode}-oneshot", scale=2, min_width=300)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop", min_width=100)
     status = gr.Markdown(elem_id=f"{mode}-status")
     with gr.Row():
-        preview = dict(interactive=False, height=320)
         previews = [
-            gr.Video(label="Skeleton the model follows", elem_id=f"{mode}-skeleton", **preview),
-            gr.Video(label="Face crops", elem_id=f"{mode}-faces", **preview),
+            gr.Video(label=PREVIEW_LABELS[name], elem_id=f"{mode}-{name}", interactive=False, height=320)
+            for name in PREVIEWS[mode]
         ]
-        if replace:
-            previews += [
-                gr.Video(label="Mask (regenerated area)", elem_id=f"{mode}-mask", **preview),
-                gr.Video(label="Background the model keeps", elem_id=f"{mode}-background", **preview),
-            ]
     report = gr.Markdown(label="Quality report", elem_id=f"{mode}-report")
     with gr.Accordion("Report (JSON)", open=False):
         report_json = gr.JSON(label="Report (JSON)")

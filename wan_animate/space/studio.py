@@ -107,8 +107,8 @@ class PageProgress:
 
     The bar shows ``done / total`` as a fraction and the text the description as it is: the description names
     the stage and, where the stage knows it, how far it is and the time left ("Segment 2/4 · step 3/20 · about
-    2 min left"), so the bar never shows a count in the wrong unit. `phase` names a stage that has no count
-    (loading a model) so no stage runs under the previous one's label.
+    2 min left"), so the bar never shows a count in the wrong unit. `phase` starts a stage that has no count
+    (loading a model) with an empty bar, so no stage runs under the previous one's label and percentage.
 
     Args:
         progress: A ``gr.Progress`` (or any callable with its signature).
@@ -121,8 +121,8 @@ class PageProgress:
         self._progress(min(1.0, done / total) if total else None, desc=description)
 
     def phase(self, description: str) -> None:
-        """Show ``description`` for a stage whose length is not known."""
-        self._progress(None, desc=description)
+        """Show ``description`` for a stage whose length is not known (Gradio shows no text without a bar)."""
+        self._progress(0.0, desc=description)
 
 
 class Studio:
@@ -689,7 +689,7 @@ class Studio:
                 if self.config.relight_lora and job.record.mode == "replace":
                     progress.phase("Loading the relighting LoRA")
                     ensure_relighting_lora(pipeline, self.config.relight_lora)
-            progress.phase("Encoding the prompt and the reference image")
+            progress.phase("Encoding the prompt and the inputs")
             name = uuid.uuid4().hex[:8]
             result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=progress, cancel=cancel)
         progress.phase("Writing the side-by-side video")
