@@ -55,7 +55,7 @@ class TinyModels:
 
 
 def build_tiny_models(folder: str | Path) -> TinyModels:
-    """Build the confident tiny set (see the module docstring) in ``folder``; about half a minute on 2 cores."""
+    """Build the confident tiny set (see the module docstring) in ``folder`` (about 20 s on 2 cores)."""
     from .checkpoint import build_tiny_checkpoint
     from .loras import build_tiny_fast_lora, build_tiny_relighting_lora
     from .preprocess_models import build_tiny_detector, build_tiny_pose_onnx
