@@ -105,6 +105,7 @@ class _Tab:
 def _build_tab(studio: Studio, mode: str) -> _Tab:
     replace = mode == "replace"
     gr.Markdown(f"{MODE_TEXT[mode]}\n\n{GOOD_INPUTS}")
+    # The example comes first (on a phone it would be far below the fold); the inputs it fills are placed after it.
     photo = gr.Image(label="Character photo", type="filepath", sources=["upload", "clipboard"], height=360, elem_id=f"{mode}-photo", render=False)
     video = gr.Video(label="Video (its person is replaced)" if replace else "Driving video", sources=["upload"], height=360, elem_id=f"{mode}-video", render=False)
     gr.Examples(

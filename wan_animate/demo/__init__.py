@@ -82,7 +82,8 @@ def demo_models(cache_dir: str | Path | None = None) -> TinyModels:
         cache_dir: Parent folder; default ``$WAN_ANIMATE_CACHE``, else ``$XDG_CACHE_HOME/wan_animate``, else
             ``~/.cache/wan_animate``.
     """
-    root = Path(cache_dir or os.environ.get("WAN_ANIMATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wan_animate")
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wan_animate"
+    root = Path(cache_dir or os.environ.get("WAN_ANIMATE_CACHE") or user_cache)
     folder = root / f"demo-models-{_builders_key()}"
     if not (folder / "fast_lora.safetensors").is_file():  # the last file built: a complete set
         root.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,8 @@ class GpuTime:
         """A draft: the first segment's span extracted and generated at 480p, with the fast preset if there is one."""
         frames = self._frames(arguments, draft=True)
         settings = draft_settings(self._settings(arguments), self.fast_available)
-        return estimate_preprocess_seconds(frames, _mode(arguments)) + estimate_generation_seconds(frames, DRAFT_RESOLUTION, settings)
+        generation = estimate_generation_seconds(frames, DRAFT_RESOLUTION, settings)
+        return estimate_preprocess_seconds(frames, _mode(arguments)) + generation
 
     def _frames(self, arguments: dict[str, Any], draft: bool = False) -> int:
         info = probe_video(arguments["video"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,8 +58,6 @@ from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
 from .gpu_time import GpuTime, duration_of
 from .inputs import frame_rate, generation_settings, optional_end
-
-logger = logging.getLogger("wan_animate.app")
 
 PREVIEWS = {"animate": ("skeleton", "faces"), "replace": ("skeleton", "faces", "mask", "background")}
 """The preview panes of each mode, in the order the extraction endpoints return them."""
@@ -223,9 +220,7 @@ class Studio:
             result video (with the driving video's sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        job = open_job(self.work_root, job_id)
-        with self._cancellable(request, job.record.mode) as cancel:
-            return self._generate(job, settings, cancel, PageProgress(progress))
+        return self._generate_job(job_id, settings, request, progress)
 
     @user_errors
     def animate_oneshot(
@@ -271,10 +266,8 @@ class Studio:
             result video (with sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        with self._cancellable(request, "animate") as cancel:
-            job = self._extract("animate", photo, video, start, end, resolution, fps, points, PageProgress(progress), retarget=retarget)
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, PageProgress(progress)), job.id)
+        extract = functools.partial(self._extract, "animate", photo, video, start, end, resolution, fps, points, retarget=retarget)
+        yield from self._extract_then_generate("animate", extract, settings, request, progress)
 
     @user_errors
     def animate_draft(
@@ -317,11 +310,10 @@ class Studio:
         Returns:
             draft video (with sound), side-by-side video (driving video | draft), summary (Markdown), details (JSON), job_id.
         """
-        settings = draft_settings(self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache), self.fast_available)
-        with self._cancellable(request, "animate") as cancel:
-            job = self._extract_draft("animate", photo, video, start, end, fps, points, PageProgress(progress), retarget=retarget)
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, PageProgress(progress)), job.id)
+        settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
+        extract = functools.partial(self._extract_draft, "animate", photo, video, start, end, fps, points, retarget=retarget)
+        settings = draft_settings(settings, self.fast_available)
+        yield from self._extract_then_generate("animate", extract, settings, request, progress)
 
     # -- API: Replacement -----------------------------------------------------------------------------
 
@@ -397,9 +389,7 @@ class Studio:
             result video (with the video's sound), side-by-side video (video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
-        job = open_job(self.work_root, job_id)
-        with self._cancellable(request, job.record.mode) as cancel:
-            return self._generate(job, settings, cancel, PageProgress(progress))
+        return self._generate_job(job_id, settings, request, progress)
 
     @user_errors
     def replace_oneshot(
@@ -453,13 +443,11 @@ class Studio:
             result video (with sound), side-by-side video (video | result), summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
-        with self._cancellable(request, "replace") as cancel:
-            job = self._extract(
-                "replace", photo, video, start, end, resolution, fps, points, PageProgress(progress),
-                mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
-            )
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, PageProgress(progress)), job.id)
+        extract = functools.partial(
+            self._extract, "replace", photo, video, start, end, resolution, fps, points,
+            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+        )
+        yield from self._extract_then_generate("replace", extract, settings, request, progress)
 
     @user_errors
     def replace_draft(
@@ -511,14 +499,12 @@ class Studio:
             draft video (with sound), side-by-side video (video | draft), summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
+        extract = functools.partial(
+            self._extract_draft, "replace", photo, video, start, end, fps, points,
+            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+        )
         settings = draft_settings(settings, self.fast_available)
-        with self._cancellable(request, "replace") as cancel:
-            job = self._extract_draft(
-                "replace", photo, video, start, end, fps, points, PageProgress(progress),
-                mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
-            )
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, PageProgress(progress)), job.id)
+        yield from self._extract_then_generate("replace", extract, settings, request, progress)
 
     # -- page helpers (not API endpoints) -------------------------------------------------------------
 
@@ -645,7 +631,8 @@ class Studio:
         return job
 
     def _load_preprocessing(self, mode: str, progress: PageProgress) -> None:
-        """Load the preprocessing models this mode needs, each under its own label (at once if already loaded)."""
+        """Load the preprocessing models this mode needs, each under its own label (reading one of these cached
+        properties loads it; at once if it is loaded already)."""
         progress.phase("Loading the person detector")
         self.preprocessor.detector
         progress.phase("Loading the pose model")
@@ -667,10 +654,36 @@ class Studio:
         previews = (job.preview(name) for name in PREVIEWS[job.record.mode])
         return (*(str(path) if path else None for path in previews), job.record.report_markdown, self._report(job), job.id)
 
+    def _generate_job(
+        self, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
+    ) -> tuple:
+        """/animate and /replace: generate from an extracted job."""
+        job = open_job(self.work_root, job_id)
+        with self._cancellable(request, job.record.mode) as cancel:
+            return self._generate(job, settings, cancel, PageProgress(progress))
+
+    def _extract_then_generate(
+        self,
+        mode: str,
+        extract: Callable[[PageProgress], Job],
+        settings: GenerationSettings,
+        request: gr.Request | None,
+        progress: Callable[..., Any],
+    ) -> Iterator[tuple]:
+        """One click and drafts: yield the job id as soon as ``extract`` made it (the page shows its previews while
+        generation runs), then the generation's outputs and the job id."""
+        progress = PageProgress(progress)
+        with self._cancellable(request, mode) as cancel:
+            job = extract(progress)
+            yield (*NO_RESULT, job.id)
+            yield (*self._generate(job, settings, cancel, progress), job.id)
+
     def _settings(self, *values, **named) -> GenerationSettings:
         return generation_settings(*values, **named, fast_available=self.fast_available)
 
-    def _generate(self, job: Job, settings: GenerationSettings, cancel: threading.Event, progress: PageProgress) -> tuple[str, str, str, dict]:
+    def _generate(
+        self, job: Job, settings: GenerationSettings, cancel: threading.Event, progress: PageProgress
+    ) -> tuple[str, str, str, dict]:
         """Generate from a job's conditioning; ``cancel`` (set by Stop) is checked between steps.
 
         Returns:
