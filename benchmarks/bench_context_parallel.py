@@ -72,7 +72,7 @@ def build(tiny: bool, device: torch.device):
     if tiny:
         from diffusers import WanAnimateTransformer3DModel
 
-        from tests.tiny_checkpoint import tiny_transformer_config
+        from wan_animate.demo.checkpoint import tiny_transformer_config
 
         config = tiny_transformer_config()
         torch.manual_seed(0)

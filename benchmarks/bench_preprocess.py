@@ -57,7 +57,7 @@ def build_detector(folder: Path, sizes: str) -> Path:
     from transformers import RTDetrImageProcessor, RTDetrV2Config, RTDetrV2ForObjectDetection
 
     if sizes == "small":
-        from tests.tiny_preprocess_models import build_tiny_detector
+        from wan_animate.demo.preprocess_models import build_tiny_detector
 
         return build_tiny_detector(folder, class_logits={"person": 6.0, "bicycle": -20.0, "car": -20.0})
     labels = {0: "person", **{index: f"class_{index}" for index in range(1, 80)}}
@@ -80,7 +80,7 @@ def build_pose(folder: Path, sizes: str, pose_size: str) -> Path:
     import onnx
     import torch
 
-    from tests.tiny_preprocess_models import POSE_FILE, TinyViTPose, _randomise
+    from wan_animate.demo.preprocess_models import POSE_FILE, TinyViTPose, _randomise
 
     torch.manual_seed(0)
     if sizes == "small":
@@ -124,7 +124,7 @@ def build_sam2(folder: Path, sizes: str) -> Path:
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
     if sizes == "small":
-        from tests.tiny_sam2 import build_tiny_sam2
+        from wan_animate.demo.sam2 import build_tiny_sam2
 
         return build_tiny_sam2(folder, mask_bias=SAM2_MASK_BIAS)
     backbone = Sam2HieraDetConfig(
@@ -170,7 +170,7 @@ def _build_all(folder: str, sizes: str, pose_size: str, with_sam2: bool) -> None
 
 def ensure_models(folder: Path, sizes: str, pose_size: str, with_sam2: bool) -> dict[str, Path]:
     """Build the models (in a child process) unless ``folder`` already holds them."""
-    from tests.tiny_preprocess_models import POSE_FILE
+    from wan_animate.demo.preprocess_models import POSE_FILE
 
     paths = {"detector": folder / "detector", "pose": folder / "pose" / POSE_FILE, "sam2": folder / "sam2"}
     missing = not (paths["detector"] / "config.json").exists() or not paths["pose"].exists()

@@ -12,7 +12,6 @@ import types
 
 import gradio as gr
 import pytest
-import spaces
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -150,26 +149,3 @@ def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e
     assert studio.stop("animate", request) == "Nothing is being generated."
     video, *_ = studio.animate(job_id, "quality", 1, 1, 1.0, 1, False, request=request, progress=lambda *a, **k: None)
     assert video_facts(Path(video))["frames"] == 9
-
-
-def test_gpu_actions_ask_for_time_from_the_job(served_demo, client, e2e_media):
-    """The ZeroGPU durations come from the job (frames, resolution, steps); off ZeroGPU `spaces.GPU` is a no-op."""
-    from wan_animate.generate import GenerationSettings
-    from wan_animate.presets import estimate_generation_seconds, gpu_duration
-
-    studio = served_demo.studio
-    assert spaces.GPU(duration=10)(len) is len  # not on ZeroGPU here: the app's actions are its plain methods
-    *_, job_id = client.predict(
-        handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "720p", "30", False, "",
-        api_name="/extract_animation",
-    )
-    duration = studio._duration(studio.animate, studio._generate_seconds)
-    expected = gpu_duration(estimate_generation_seconds(DRIVING_FRAMES, "720p", GenerationSettings(num_inference_steps=20)))
-    assert duration(job_id, "quality", 20, -1, 1.0, 1, False) == expected
-    assert duration(job_id, "quality", 40, -1, 1.0, 1, False) > expected
-    fast = gpu_duration(estimate_generation_seconds(DRIVING_FRAMES, "720p", GenerationSettings(num_inference_steps=4)))
-    assert duration(job_id, "fast", 20, -1, 1.0, 1, False) == fast < expected  # the preset's 4 steps, not the slider's
-    draft = studio._duration(studio.animate_draft, studio._draft_seconds)
-    oneshot = studio._duration(studio.animate_oneshot, studio._oneshot_seconds)
-    photo, video = str(e2e_media["photo"]), str(e2e_media["video"])
-    assert draft(photo, video) < oneshot(photo, video)  # the draft: one segment at 480p with 4 steps

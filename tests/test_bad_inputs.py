@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tests.bad_inputs import CASES, Case, Outcome, check_outcome, make_media
-from tests.e2e_fixtures import TEST_AREAS, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import tiny_models  # noqa: F401  (session fixture)
+from wan_animate.demo import DEMO_AREAS
 from wan_animate import validation
 from wan_animate.cli import main
 from wan_animate.conditioning import Conditioning
@@ -54,7 +55,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def tiny_outputs(monkeypatch):
     """Small output sizes on 2 CPU cores, and a person limit the tiny detector's few-pixel people pass."""
-    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", DEMO_AREAS["480p"])
     monkeypatch.setattr(validation, "MIN_PERSON_HEIGHT", 2)
     monkeypatch.setattr(validation, "WARN_PERSON_HEIGHT", 2)
 

@@ -1,5 +1,9 @@
-"""The page in a real browser (Playwright driving Debian's chromium): upload, extract, previews play, a click
-changes the Replacement mask, generate, the result plays. Screenshots go to tests/artifacts/.
+"""The page in a real browser (Playwright driving Debian's chromium), as a visitor uses it, in both tabs: upload,
+Extract (previews play), Generate, Draft and One click (previews and result play, progress labelled), a failed
+extraction leaves nothing stale, a click changes the Replacement mask, and the page at phone width.
+Screenshots go to tests/artifacts/ (git-ignored).
+
+The tests of a module share one page and run in order, each starting from where the one before left the page.
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from wan_animate.space import PREVIEWS
 
 pytest_plugins = ["tests.e2e_fixtures"]  # the served app, tiny models and media fixtures
 
@@ -36,9 +42,36 @@ PLAYS = """async (selector) => {
     return {found: true, ready, before, after, duration: video.duration, width: video.videoWidth};
 }"""
 
+RECORD_PROGRESS = """() => {
+    // Every text the progress bars show from now on (Gradio draws one per output while an event runs).
+    window.progressSeen = [];
+    const seen = () => {
+        for (const level of document.querySelectorAll('.progress-level-inner')) {
+            const text = level.innerText.trim();
+            if (text && window.progressSeen[window.progressSeen.length - 1] !== text) window.progressSeen.push(text);
+        }
+    };
+    new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+FIRST_FRAME = """async (selector) => {
+    const video = document.querySelector(selector + ' video');
+    for (let i = 0; i < 100 && video.readyState < 2; i++) await new Promise(r => setTimeout(r, 100));
+    if (video.currentTime !== 0) {
+        video.currentTime = 0;
+        await new Promise(r => video.addEventListener('seeked', r, {once: true}));
+    }
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(video, 0, 0);
+    return Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
 
 @pytest.fixture(scope="module")
-def page(served_app):
+def browser(served_app):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -46,11 +79,17 @@ def page(served_app):
         old.unlink()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(served_app)
-        page.get_by_role("heading", name="Wan2.2-Animate").wait_for()
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, served_app):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(served_app)
+    page.get_by_role("heading", name="Wan2.2-Animate").wait_for()
+    page.evaluate(RECORD_PROGRESS)
+    return page
 
 
 def _upload(page, mode: str, photo: Path, video: Path) -> None:
@@ -59,17 +98,21 @@ def _upload(page, mode: str, photo: Path, video: Path) -> None:
     page.locator(f"#{mode}-video video").wait_for(timeout=30_000)
 
 
-def _wait_for_video(page, selector: str, previous: str | None = None) -> str:
-    """Wait until ``selector`` shows a video (another one than ``previous``); returns its src."""
+def _src(page, selector: str) -> str | None:
+    video = page.locator(f"{selector} video")
+    return video.get_attribute("src") if video.count() else None
+
+
+def _wait_for_video(page, selector: str) -> None:
     page.wait_for_function(
-        """([selector, previous]) => {
-            const video = document.querySelector(selector + ' video');
-            return video && video.src && video.src !== previous;
-        }""",
-        arg=[selector, previous],
+        "(selector) => { const video = document.querySelector(selector + ' video'); return video && video.src; }",
+        arg=selector,
         timeout=LONG,
     )
-    return page.locator(f"{selector} video").get_attribute("src")
+
+
+def _wait_for_no_video(page, selector: str) -> None:
+    page.wait_for_function("(selector) => !document.querySelector(selector + ' video')", arg=selector, timeout=LONG)
 
 
 def _job(page, mode: str) -> str | None:
@@ -79,8 +122,13 @@ def _job(page, mode: str) -> str | None:
 
 
 def _wait_for_extraction(page, mode: str, previous_job: str | None = None) -> str:
-    """Wait until the report names a job other than ``previous_job`` (while an extraction runs, the report only
-    shows its progress); returns the new job id."""
+    """After a click that makes a job: the previous job's previews go at once; wait until the report names the
+    new job (while an extraction runs, the report only shows its progress). Returns the new job id.
+
+    Video sources can't tell two jobs apart: the page's files are served by content hash, and two jobs can have
+    the very same preview (face crops don't depend on the resolution; a mask from the same clicks is the same).
+    """
+    _wait_for_no_video(page, f"#{mode}-skeleton")
     page.wait_for_function(
         """([selector, previous]) => {
             const match = document.querySelector(selector).innerText.match(/Job (\\S+)/);
@@ -99,20 +147,17 @@ def _assert_plays(page, selector: str) -> dict:
     return state
 
 
-FIRST_FRAME = """async (selector) => {
-    const video = document.querySelector(selector + ' video');
-    for (let i = 0; i < 100 && video.readyState < 2; i++) await new Promise(r => setTimeout(r, 100));
-    if (video.currentTime !== 0) {
-        video.currentTime = 0;
-        await new Promise(r => video.addEventListener('seeked', r, {once: true}));
-    }
-    const canvas = document.createElement('canvas');
-    canvas.width = video.videoWidth;
-    canvas.height = video.videoHeight;
-    const context = canvas.getContext('2d');
-    context.drawImage(video, 0, 0);
-    return Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data);
-}"""
+def _assert_previews_play(page, mode: str) -> None:
+    """Every preview pane of ``mode`` shows a video that plays, and the report is there."""
+    for name in PREVIEWS[mode]:
+        _wait_for_video(page, f"#{mode}-{name}")
+        _assert_plays(page, f"#{mode}-{name}")
+    assert "Person found" in page.locator(f"#{mode}-report").inner_text()
+
+
+def _progress_seen(page) -> list[str]:
+    """The progress texts shown since the last call."""
+    return page.evaluate("() => window.progressSeen.splice(0)")
 
 
 def _set_slider(page, elem_id: str, value: float) -> None:
@@ -124,29 +169,85 @@ def _set_slider(page, elem_id: str, value: float) -> None:
     box.press("Tab")
 
 
+def _run_one_shot(page, mode: str, button: str) -> str:
+    """Press Draft or One click after an earlier run: the old job and result go at once, then the new job's
+    previews and its result come and play. Returns the new job id."""
+    previous_job = _job(page, mode)
+    assert previous_job and _src(page, f"#{mode}-result")
+    _progress_seen(page)
+    page.locator(f"#{mode}-{button}").click()
+    _wait_for_no_video(page, f"#{mode}-result")
+    job = _wait_for_extraction(page, mode, previous_job)
+    _assert_previews_play(page, mode)
+    _wait_for_video(page, f"#{mode}-result")
+    _assert_plays(page, f"#{mode}-result")
+    _assert_plays(page, f"#{mode}-side")
+    assert _job(page, mode) == job  # the result belongs to the job whose previews are shown
+    seen = _progress_seen(page)
+    assert any(text.startswith("Estimating pose") for text in seen), seen
+    assert any(text.startswith("Segment 1/1") for text in seen), seen
+    return job
+
+
+# -- Animation ------------------------------------------------------------------------------------------
+
+
 def test_animation_extract_preview_generate(page, e2e_media):
     page.screenshot(path=str(ARTIFACTS / "00_start.png"), full_page=True)
     assert "CPU" in page.locator("#runtime").inner_text()
+    assert "noise" in page.locator("#demo-notice").inner_text()
     _upload(page, "animate", e2e_media["photo"], e2e_media["short_video"])
     page.locator("#animate-extract").click()
     _wait_for_extraction(page, "animate")
-    _wait_for_video(page, "#animate-skeleton")
-    _wait_for_video(page, "#animate-faces")
-    _assert_plays(page, "#animate-skeleton")
-    _assert_plays(page, "#animate-faces")
-    assert "Person found" in page.locator("#animate-report").inner_text()
+    _assert_previews_play(page, "animate")
     page.screenshot(path=str(ARTIFACTS / "01_animation_extracted.png"), full_page=True)
 
     page.locator("#animate-stop").click()  # nothing runs yet: Stop says so
     page.get_by_text("Nothing is being generated.").wait_for(timeout=30_000)
     _set_slider(page, "animate-steps", 2)
+    _progress_seen(page)
     page.locator("#animate-generate").click()
     _wait_for_video(page, "#animate-result")
     _wait_for_video(page, "#animate-side")
     state = _assert_plays(page, "#animate-result")
     assert state["duration"] == pytest.approx(20 / 30, abs=0.1)
     assert "Seed" in page.locator("#animate-summary").inner_text()
+    seen = _progress_seen(page)
+    assert any(text.startswith("Segment 1/1, step 2/2") for text in seen), seen
     page.screenshot(path=str(ARTIFACTS / "02_animation_result.png"), full_page=True)
+
+
+def test_animation_failed_extraction_leaves_no_stale_job(page):
+    assert _job(page, "animate")
+    start = page.locator("#animate-start input")
+    start.fill("100")  # past the clip's end (typed without Enter: Enter would reset the job by itself)
+    page.locator("#animate-extract").click()
+    page.get_by_text("no video frames in the chosen range").first.wait_for(timeout=LONG)
+    assert _job(page, "animate") is None  # the panes show Gradio's error badge, and no report
+    assert "Person found" not in page.locator("#animate-report").inner_text()
+    for name in PREVIEWS["animate"]:
+        assert _src(page, f"#animate-{name}") is None
+    page.screenshot(path=str(ARTIFACTS / "03_animation_failed_extraction.png"), full_page=True)
+    start.fill("0")
+    page.locator("#animate-generate").click()  # no job left to generate from
+    page.get_by_text("press Extract first").first.wait_for(timeout=LONG)
+
+
+def test_animation_draft_shows_previews_and_result(page):
+    page.locator("#animate-extract").click()  # an extraction and a result to replace
+    _wait_for_extraction(page, "animate")
+    page.locator("#animate-generate").click()
+    _wait_for_video(page, "#animate-result")
+    _run_one_shot(page, "animate", "draft")
+    page.screenshot(path=str(ARTIFACTS / "04_animation_draft.png"), full_page=True)
+
+
+def test_animation_one_click_shows_previews_and_result(page):
+    _run_one_shot(page, "animate", "oneshot")
+    page.screenshot(path=str(ARTIFACTS / "05_animation_one_click.png"), full_page=True)
+
+
+# -- Replacement ----------------------------------------------------------------------------------------
 
 
 def test_replacement_click_changes_the_mask(page, e2e_media):
@@ -158,14 +259,14 @@ def test_replacement_click_changes_the_mask(page, e2e_media):
     _set_slider(page, "replace-blockify", 32)
     page.locator("#replace-extract").click()
     first_job = _wait_for_extraction(page, "replace")
-    _wait_for_video(page, "#replace-mask")
-    _wait_for_video(page, "#replace-background")
+    _assert_previews_play(page, "replace")
     assert "Mask covers" in page.locator("#replace-report").inner_text()
     first_pixels = page.evaluate(FIRST_FRAME, "#replace-mask")
-    _assert_plays(page, "#replace-mask")
-    # Control: extracting again without a click (a new job) gives the very same mask pixels.
+    # Control: extracting again without a click (a new job) gives the very same mask pixels. Each read waits for
+    # the new job's mask video, not only for its report.
     page.locator("#replace-extract").click()
     control_job = _wait_for_extraction(page, "replace", first_job)
+    _wait_for_video(page, "#replace-mask")
     assert page.evaluate(FIRST_FRAME, "#replace-mask") == first_pixels
     picker = page.locator("#replace-picker img")
     picker.wait_for(timeout=30_000)
@@ -177,21 +278,56 @@ def test_replacement_click_changes_the_mask(page, e2e_media):
     page.wait_for_function(
         "() => document.querySelector('#replace-points').innerText.includes('1 point')", timeout=30_000
     )
-    page.screenshot(path=str(ARTIFACTS / "03_replacement_clicked.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "06_replacement_clicked.png"), full_page=True)
     page.locator("#replace-extract").click()
     _wait_for_extraction(page, "replace", control_job)
+    _wait_for_video(page, "#replace-mask")
     # The mask changed where SAM2 follows the click (a negative click is not a person choice, so only SAM2's
-    # prompts differ between the two extractions; the same mask would encode to the same pixels).
+    # prompts differ between the two extractions; the same mask encodes to the same pixels).
     second_pixels = page.evaluate(FIRST_FRAME, "#replace-mask")
     assert len(second_pixels) == len(first_pixels)
     changed = sum(abs(a - b) > 40 for a, b in zip(first_pixels, second_pixels))
     assert changed > 0
-    page.screenshot(path=str(ARTIFACTS / "04_replacement_reextracted.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "07_replacement_reextracted.png"), full_page=True)
 
     _set_slider(page, "replace-steps", 2)
     page.locator("#replace-generate").click()
     _wait_for_video(page, "#replace-result")
     _assert_plays(page, "#replace-result")
     _assert_plays(page, "#replace-side")
-    page.screenshot(path=str(ARTIFACTS / "05_replacement_result.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "08_replacement_result.png"), full_page=True)
 
+
+def test_replacement_draft_shows_previews_and_result(page):
+    _run_one_shot(page, "replace", "draft")
+    page.screenshot(path=str(ARTIFACTS / "09_replacement_draft.png"), full_page=True)
+
+
+def test_replacement_one_click_shows_previews_and_result(page):
+    _run_one_shot(page, "replace", "oneshot")
+    page.screenshot(path=str(ARTIFACTS / "10_replacement_one_click.png"), full_page=True)
+
+
+# -- Widths -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_layout_examples_first_and_buttons_on_one_line(browser, served_app, width):
+    """The example is above the uploads and fills them; no action button's label wraps (at 1280 px they share
+    one row)."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(served_app)
+    for mode, title in (("animate", "Animation"), ("replace", "Replacement")):
+        page.get_by_role("tab", name=title).click()
+        example = page.locator(f"#{mode}-examples button", has_text="dancing figure")
+        assert example.bounding_box()["y"] < page.locator(f"#{mode}-photo").bounding_box()["y"]
+        buttons = [page.locator(f"#{mode}-{name}").bounding_box() for name in ("extract", "generate", "draft", "oneshot", "stop")]
+        assert {button["height"] for button in buttons} == {buttons[0]["height"]}  # one text line each
+        if width == 1280:
+            assert {button["y"] for button in buttons} == {buttons[0]["y"]}
+        assert max(button["x"] + button["width"] for button in buttons) <= width
+        example.click()
+        page.locator(f"#{mode}-video video").wait_for(timeout=30_000)
+        page.locator(f"#{mode}-photo img").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / f"11_{mode}_{width}px.png"), full_page=True)
+    page.close()

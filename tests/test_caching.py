@@ -12,7 +12,7 @@ from diffusers import WanAnimateTransformer3DModel
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.models.transformers.transformer_wan_animate import WanTransformerBlock
 
-from tests.tiny_checkpoint import tiny_transformer_config
+from wan_animate.demo.checkpoint import tiny_transformer_config
 from wan_animate.caching import (
     STEP_CACHES,
     active_step_cache,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e_fixtures import TEST_AREAS, dancing_frames, small_media, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import dancing_frames, small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import video_facts, write_test_video
 from wan_animate.cli import main
 from wan_animate.conditioning import Conditioning
+from wan_animate.demo import DEMO_AREAS
 from wan_animate.preprocess import sizing
 
 # The test media are smaller than the real input minimums (see tests.e2e_fixtures.TEST_LIMITS).
@@ -27,7 +28,7 @@ def test_help_explains_every_option():
 
 
 def test_preprocess_then_generate_from_the_folder(tiny_models, tmp_path, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", DEMO_AREAS["480p"])
     video = write_test_video(tmp_path / "dance.mp4", dancing_frames(6), 30.0, audio_seconds=0.2)
     photo = tmp_path / "photo.png"
     Image.fromarray(dancing_frames(1)[0]).save(photo)

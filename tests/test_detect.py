@@ -6,7 +6,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 
-from tests.tiny_preprocess_models import build_tiny_detector
+from wan_animate.demo.preprocess_models import build_tiny_detector
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess.detect import (
     DETECTOR_FILES,

@@ -31,7 +31,7 @@ from wan_animate.lora import (
 )
 
 try:
-    from tests.tiny_checkpoint import tiny_transformer_config
+    from wan_animate.demo.checkpoint import tiny_transformer_config
 except ImportError:  # written by another part of the project; the inline config stands in until then
 
     def tiny_transformer_config() -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_sam2 import MAX_OBJECT_POINTERS, NUM_MASKMEM, build_tiny_sam2
+from wan_animate.demo.sam2 import MAX_OBJECT_POINTERS, NUM_MASKMEM, build_tiny_sam2
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess.mask import (
     DEFAULT_SAM2,

@@ -45,3 +45,24 @@ def test_mcp_protocol_lists_the_tools(light_app):
     assert {tool.name for tool in tools} >= {"extract_animation", "replace_oneshot"}
     described = {tool.name: tool.description for tool in tools}
     assert "skeleton" in described["extract_animation"]
+
+
+def test_client_api_names_every_output(light_app):
+    """`view_api()` reads as documentation: every parameter and output of every endpoint has a name."""
+    from gradio_client import Client
+
+    info = Client(light_app, verbose=False).view_api(print_info=False, return_format="dict")
+    endpoints = info["named_endpoints"]
+    assert set(endpoints) == {f"/{tool}" for tool in TOOLS}
+    names = {
+        endpoint: [item["label"] for item in spec["returns"]] + [item["parameter_name"] for item in spec["parameters"]]
+        for endpoint, spec in endpoints.items()
+    }
+    unnamed = {endpoint: [name for name in found if not name or name.startswith("value_")] for endpoint, found in names.items()}
+    assert not any(unnamed.values()), unnamed
+    returns = {endpoint: [item["label"] for item in spec["returns"]] for endpoint, spec in endpoints.items()}
+    assert returns["/extract_replacement"][:4] == [
+        "Skeleton the model follows", "Face crops", "Mask (regenerated area)", "Background the model keeps",
+    ]
+    assert "Side by side (video | result)" in returns["/replace"]
+    assert "Side by side (driving video | result)" in returns["/animate"]

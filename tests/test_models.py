@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import wan_animate.models as models
-from tests.tiny_checkpoint import tiny_transformer_config
+from wan_animate.demo.checkpoint import tiny_transformer_config
 from wan_animate.errors import WanAnimateError
 from wan_animate.models import (
     DEFAULT_MODEL_ID,
@@ -503,7 +503,7 @@ def test_vae_tiles_when_offloading_on_a_small_gpu(mode, free_gib, expected):
 def test_compiled_blocks_give_the_same_video_also_after_a_lora_switch(tiny_checkpoint, tmp_path):
     """`compile_blocks=True` really compiles (torch.compile, inductor on the CPU) and changes no output, also when
     a LoRA is loaded and switched on after compilation (which makes dynamo recompile)."""
-    from tests.e2e_fixtures import build_tiny_fast_lora
+    from wan_animate.demo.loras import build_tiny_fast_lora
     from tests.test_generate import make_conditioning
     from wan_animate.generate import GenerationSettings, generate
     from wan_animate.lora import load_lora

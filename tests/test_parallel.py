@@ -98,7 +98,7 @@ def test_single_process_share_job_only_draws_the_seed():
 
 
 def _transformer_inputs(height: int, width: int, seed: int = 0) -> dict:
-    from tests.tiny_checkpoint import CLIP_DIM, TEXT_DIM, tiny_transformer_config
+    from wan_animate.demo.checkpoint import CLIP_DIM, TEXT_DIM, tiny_transformer_config
 
     face_size = tiny_transformer_config()["motion_encoder_size"]
     generator = torch.Generator().manual_seed(seed)
@@ -121,7 +121,7 @@ def _transformer_inputs(height: int, width: int, seed: int = 0) -> dict:
 def _tiny_transformer():
     from diffusers import WanAnimateTransformer3DModel
 
-    from tests.tiny_checkpoint import tiny_transformer_config
+    from wan_animate.demo.checkpoint import tiny_transformer_config
 
     torch.manual_seed(0)
     return WanAnimateTransformer3DModel(**tiny_transformer_config()).eval()
@@ -209,7 +209,7 @@ def _conditioning(mode: str):
 
 
 def _check_pipeline(parallel, report: dict) -> None:
-    from tests.tiny_checkpoint import build_tiny_pipeline
+    from wan_animate.demo.checkpoint import build_tiny_pipeline
     from wan_animate.errors import GenerationCancelled
     from wan_animate.generate import GenerationSettings, generate
     from wan_animate.parallel import enable_context_parallel, run_follower, share_job

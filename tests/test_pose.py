@@ -11,7 +11,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 
-from tests.tiny_preprocess_models import build_foreign_pose_onnx, build_tiny_pose_onnx
+from wan_animate.demo.preprocess_models import build_foreign_pose_onnx, build_tiny_pose_onnx
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess.pose import (
     IMAGENET_MEAN,

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e_fixtures import TEST_AREAS, small_media, tiny_models  # noqa: F401  (session fixture)
+from tests.e2e_fixtures import small_media, tiny_models  # noqa: F401  (session fixture)
 from tests.media import audio_duration, video_facts, write_test_video
 from wan_animate import validation
+from wan_animate.demo import DEMO_AREAS
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
@@ -207,7 +208,7 @@ def test_bad_inputs_are_refused(media, tmp_path):
 
 @pytest.mark.parametrize("mode", ["animate", "replace"])
 def test_tiny_models_end_to_end(tiny_models, tmp_path, monkeypatch, mode):  # noqa: F811
-    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", DEMO_AREAS["480p"])
     from tests.e2e_fixtures import dancing_frames
 
     video = write_test_video(tmp_path / "dance.mp4", dancing_frames(10), 30.0, audio_seconds=10 / 30)
@@ -283,7 +284,7 @@ def test_report_says_how_often_people_were_detected():
 
 
 def test_tiny_models_detect_on_the_stride_the_last_and_the_clicked_frame(tiny_models, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", TEST_AREAS["480p"])
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", DEMO_AREAS["480p"])
     from tests.e2e_fixtures import dancing_frames
 
     frames = dancing_frames(11)
@@ -321,7 +322,7 @@ def test_tiny_models_detect_on_the_stride_the_last_and_the_clicked_frame(tiny_mo
 
 
 def test_a_pose_file_torch_cannot_read_runs_in_onnxruntime_and_the_report_says_so(media, tmp_path):
-    from tests.tiny_preprocess_models import build_foreign_pose_onnx
+    from wan_animate.demo.preprocess_models import build_foreign_pose_onnx
     from wan_animate.preprocess.pose import PoseEstimator
 
     pose = PoseEstimator.from_pretrained(build_foreign_pose_onnx(tmp_path / "other.onnx"), backend="torch", device="cpu")

@@ -246,7 +246,7 @@ def _cache_hub_file(cache, repo_id: str, file_name: str, state_dict: dict[str, t
 def _transformer_only_pipeline():
     from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
 
-    from tests.tiny_checkpoint import tiny_transformer_config
+    from wan_animate.demo.checkpoint import tiny_transformer_config
 
     torch.manual_seed(0)
     transformer = WanAnimateTransformer3DModel(**tiny_transformer_config()).eval()
@@ -297,7 +297,7 @@ def _conditioning(frames: int = 5) -> Conditioning:
 def test_fast_job_then_quality_job_on_one_pipeline(tmp_path, monkeypatch):
     """Fast: 4 steps at lightx2v's timesteps with the LoRA on; quality afterwards: the model's own 20 steps,
     LoRA off, and the same video as a quality job before the fast one (nothing leaks between jobs)."""
-    from tests.tiny_checkpoint import build_tiny_pipeline
+    from wan_animate.demo.checkpoint import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     _cache_hub_file(_offline_hub_cache(tmp_path, monkeypatch), KIJAI_REPO, KIJAI_FILE, _kijai_fast_lora(pipe.transformer))

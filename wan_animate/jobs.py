@@ -65,6 +65,8 @@ class JobRecord:
         options: Other preprocessing options, as plain values (for the record and the API's report).
         report: The quality report (`QualityReport.to_dict`), once preprocessed.
         report_markdown: The report as the page shows it.
+        previews: The preview videos preprocessing wrote (``"skeleton"``, ``"faces"``, in Replacement also
+            ``"mask"`` and ``"background"``), as paths inside the job folder.
         created: Unix time the job was made.
         photo_name: The photo's name as the user gave it (for messages).
         video_name: The video's name as the user gave it.
@@ -81,6 +83,7 @@ class JobRecord:
     options: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     report_markdown: str = ""
+    previews: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     photo_name: str = ""
     video_name: str = ""
@@ -111,6 +114,11 @@ class Job:
     def conditioning_dir(self) -> Path:
         """The conditioning in the upstream layout."""
         return self.prepared_dir / "conditioning"
+
+    def preview(self, name: str) -> Path | None:
+        """The preview video ``name`` (see `JobRecord.previews`), ``None`` if this job has none of that name."""
+        relative = self.record.previews.get(name)
+        return None if relative is None else self.folder / relative
 
     def output(self, name: str) -> Path:
         """Path of a result file in the job folder."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+WARN_MASK_COVERAGE = 0.9
+"""Above this mean fraction of the frame, the mask regenerates nearly everything and keeps little of the scene."""
+
 
 @dataclass
 class QualityReport:
@@ -39,6 +42,15 @@ class QualityReport:
     pose_backend: str | None = None
     pose_fallback: str | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.warnings = list(self.warnings)  # the report's own list: the mask warning below is added to it
+        if self.mask_coverage is not None and self.mask_coverage > WARN_MASK_COVERAGE:
+            self.warnings.append(
+                f"The mask covers {self.mask_coverage:.0%} of the frame: nearly the whole picture is regenerated and "
+                "little of the scene is kept. Lower the mask dilation, use a finer blockify grid, or click on what "
+                "is not the person."
+            )
 
     def to_markdown(self) -> str:
         """The report as a short Markdown list for the app."""

@@ -1,0 +1,311 @@
+"""The Space's actions (wan_animate.space) without a browser or models: what each endpoint returns and yields,
+the previews it hands the page, progress labels, errors as messages, and ZeroGPU durations.
+
+Preprocessing is a stand-in (`RecordingPreprocessor`) that writes files where the real one does; generation is
+replaced where a test needs its result. The real models run in tests/test_app_client.py and test_browser.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.media import counter_frames, write_test_video
+from wan_animate.errors import GenerationCancelled, WanAnimateError
+from wan_animate.generate import GenerationSettings
+from wan_animate.jobs import new_job, open_job
+from wan_animate.preprocess import Preprocessed
+from wan_animate.preprocess.report import QualityReport
+from wan_animate.presets import DRAFT_RESOLUTION, estimate_generation_seconds, gpu_duration
+from wan_animate.space import PREVIEWS, AppConfig, PageProgress, Studio
+from wan_animate.space import gpu_time as gpu_time_module
+from wan_animate.space import studio as studio_module
+from wan_animate.space.inputs import frame_rate, generation_settings, optional_end
+from wan_animate.space.studio import user_errors
+
+FRAMES = 24
+
+
+class RecordingPreprocessor:
+    """Stands in for `Preprocessor`: "loads" its models, writes the files the real one writes (their bytes
+    don't matter here), reports one stage, and records what it was asked."""
+
+    detector = pose_estimator = segmenter = object()
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple] = []
+
+    def prepare(self, mode, image, video, workdir, options, *, progress=None) -> Preprocessed:
+        self.calls.append((mode, Path(image), Path(video), Path(workdir), options))
+        if self.error is not None:
+            raise self.error
+        progress(1, 2, "Estimating pose")
+        conditioning_dir = Path(workdir) / "conditioning"
+        conditioning_dir.mkdir(parents=True)
+        files = {name: conditioning_dir / name for name in ("src_pose.mp4", "src_face.mp4", "src_bg.mp4")}
+        files["mask"] = Path(workdir) / "mask.mp4"
+        for path in files.values():
+            path.write_bytes(b"preview")
+        replace = mode == "replace"
+        return Preprocessed(
+            conditioning=types.SimpleNamespace(num_frames=FRAMES),
+            report=QualityReport(FRAMES, FRAMES, 1, 0.9, 1.0, mask_coverage=0.4 if replace else None),
+            folder=Path(workdir),
+            skeleton_video=files["src_pose.mp4"],
+            face_video=files["src_face.mp4"],
+            mask_video=files["mask"] if replace else None,
+            background_video=files["src_bg.mp4"] if replace else None,
+        )
+
+
+def _config(tmp_path: Path, **changes) -> AppConfig:
+    missing = tmp_path / "no_models"
+    values = dict(
+        model=str(missing / "checkpoint"), detector=str(missing / "detector"), pose_model=str(missing / "pose"),
+        sam2=str(missing / "sam2"), allow_cpu=True, work_dir=tmp_path / "jobs", fast_lora="fast.safetensors",
+    )
+    return AppConfig(**{**values, **changes})
+
+
+@pytest.fixture
+def studio(tmp_path):
+    studio = Studio(_config(tmp_path))
+    studio.preprocessor = RecordingPreprocessor()
+    return studio
+
+
+@pytest.fixture
+def inputs(tmp_path) -> tuple[str, str]:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((48, 32, 3), 200, np.uint8)).save(photo)
+    video = write_test_video(tmp_path / "clip.mp4", counter_frames(FRAMES, 64, 96), 30.0)
+    return str(photo), str(video)
+
+
+class Recorder:
+    """A ``gr.Progress`` stand-in that keeps what the bar was given."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[float | None, str]] = []
+
+    def __call__(self, value, desc=None, **_) -> None:
+        self.shown.append((value, desc))
+
+    @property
+    def labels(self) -> list[str]:
+        return [desc for _, desc in self.shown]
+
+
+# -- extraction ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_extraction_returns_and_records_the_modes_previews(studio, inputs, mode):
+    extract = studio.extract_replacement if mode == "replace" else studio.extract_animation
+    outputs = extract(*inputs, progress=Recorder())
+    *previews, report_markdown, report, job_id = outputs
+    assert len(previews) == len(PREVIEWS[mode])  # one value per preview pane of the tab
+    job = open_job(studio.work_root, job_id)
+    expected = {"skeleton": "src_pose.mp4", "faces": "src_face.mp4", "mask": "mask.mp4", "background": "src_bg.mp4"}
+    assert [Path(path).name for path in previews] == [expected[name] for name in PREVIEWS[mode]]
+    assert all(Path(path).is_file() and Path(path).is_relative_to(job.folder) for path in previews)
+    assert report == {"job_id": job_id, "mode": mode, "resolution": "720p", **job.record.report}
+    assert f"Job `{job_id}`" in report_markdown and "Person found" in report_markdown
+    # The page refills its panes from the job (after Draft and One click too) with the same values.
+    assert studio.job_previews(mode, job_id) == tuple(outputs[:-1])
+
+
+@pytest.mark.parametrize("mode", ["animate", "replace"])
+def test_no_job_empties_every_pane(studio, mode):
+    assert studio.job_previews(mode, "") == (*[None] * len(PREVIEWS[mode]), "", None)
+
+
+def test_extraction_labels_each_phase_before_preprocessing_reports(studio, inputs):
+    progress = Recorder()
+    studio.extract_replacement(*inputs, progress=progress)
+    assert progress.labels == [
+        "Loading the person detector", "Loading the pose model", "Loading SAM2 (the mask model)",
+        "Reading the video", "Estimating pose",
+    ]
+    assert [value for value, _ in progress.shown] == [0.0, 0.0, 0.0, 0.0, 0.5]  # a phase starts with an empty bar
+
+
+def test_extraction_reads_the_page_values(studio, inputs):
+    studio.extract_replacement(
+        *inputs, start=0.2, end=0, resolution="480p", fps="source",
+        points='[{"frame": 0, "x": 0.5, "y": 0.5, "positive": false}]', mask_kernel=9, mask_iterations=2, blockify=8,
+        progress=Recorder(),
+    )
+    mode, _, _, _, options = studio.preprocessor.calls[0]
+    assert (mode, options.start, options.end, options.fps, options.resolution) == ("replace", 0.2, None, None, "480p")
+    assert (options.mask_kernel, options.mask_iterations, options.blockify) == (9, 2, (8, 8))
+    assert len(options.points) == 1 and not options.points[0].positive and options.person_point is None
+
+
+def test_a_failed_extraction_is_shown_as_its_message(studio, inputs):
+    studio.preprocessor = RecordingPreprocessor(WanAnimateError("No person was found in the driving video."))
+    with pytest.raises(gr.Error, match="No person was found"):
+        studio.extract_animation(*inputs, progress=Recorder())
+    with pytest.raises(gr.Error, match="Upload a character photo"):
+        studio.extract_animation(inputs[0], None, progress=Recorder())
+
+
+# -- one click and drafts --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def generations(studio, monkeypatch) -> list:
+    """Replace generation by a recorder that returns made-up outputs."""
+    calls = []
+
+    def generate(job, settings, cancel, progress):
+        calls.append((job, settings))
+        return "result.mp4", "side_by_side.mp4", "summary", {"seed": 1}
+
+    monkeypatch.setattr(studio, "_generate", generate)
+    return calls
+
+
+@pytest.mark.parametrize("action", ["animate_oneshot", "animate_draft", "replace_oneshot", "replace_draft"])
+def test_one_call_runs_yield_the_job_first_then_the_result(studio, inputs, generations, action):
+    run = getattr(studio, action)
+    assert inspect.isgeneratorfunction(run)  # Gradio and spaces.GPU stream what a generator yields
+    steps = list(run(*inputs, progress=Recorder()))
+    job_id = steps[0][-1]
+    assert steps == [(None, None, "", None, job_id), ("result.mp4", "side_by_side.mp4", "summary", {"seed": 1}, job_id)]
+    job, settings = generations[0]
+    assert job.id == job_id and job.record.mode == ("replace" if action.startswith("replace") else "animate")
+    if action.endswith("draft"):
+        assert job.record.resolution == DRAFT_RESOLUTION and settings.num_inference_steps == 4  # the fast preset
+    assert studio.job_previews(job.record.mode, job_id)[0].endswith("src_pose.mp4")
+
+
+def test_generation_errors_and_stops_are_shown_as_messages(studio, inputs, monkeypatch):
+    def stopped(job, settings, cancel, progress):
+        raise GenerationCancelled("Generation was cancelled.")
+
+    monkeypatch.setattr(studio, "_generate", stopped)
+    run = studio.animate_oneshot(*inputs, progress=Recorder())
+    assert next(run)[-1]  # the job is there before generation starts
+    with pytest.raises(gr.Error, match="stopped"):
+        next(run)
+    with pytest.raises(gr.Error, match="press Extract first"):
+        studio.animate("", progress=Recorder())
+
+
+def test_stop_reaches_only_the_running_job_of_its_tab_and_mode(studio, inputs, monkeypatch):
+    tab, other_tab = types.SimpleNamespace(session_hash="tab"), types.SimpleNamespace(session_hash="other")
+    answers = []
+
+    def generate(job, settings, cancel, progress):
+        answers.extend([studio.stop("replace", tab), studio.stop("animate", other_tab), cancel.is_set()])
+        answers.extend([studio.stop("animate", tab), cancel.is_set()])
+        return "result.mp4", "side_by_side.mp4", "summary", {}
+
+    monkeypatch.setattr(studio, "_generate", generate)
+    assert studio.stop("animate", tab) == "Nothing is being generated."
+    list(studio.animate_oneshot(*inputs, request=tab, progress=Recorder()))
+    nothing = "Nothing is being generated."
+    assert answers == [nothing, nothing, False, "Stopping after the current step…", True]
+    assert studio.stop("animate", tab) == nothing
+
+
+# -- shared pieces ---------------------------------------------------------------------------------------
+
+
+def test_user_errors_keep_generator_functions_generators():
+    @user_errors
+    def plain():
+        raise WanAnimateError("Trim the clip.")
+
+    @user_errors
+    def generator():
+        yield 1
+        raise GenerationCancelled("cancelled")
+
+    assert not inspect.isgeneratorfunction(plain) and inspect.isgeneratorfunction(generator)
+    with pytest.raises(gr.Error, match="Trim the clip."):
+        plain()
+    run = generator()
+    assert next(run) == 1
+    with pytest.raises(gr.Error, match="Generation was stopped."):
+        next(run)
+
+
+def test_page_progress_shows_fractions_and_phases():
+    recorder = Recorder()
+    progress = PageProgress(recorder)
+    progress(3, 4, "Segment 1/2 · step 3/4")
+    progress(7, 4, "Writing previews")  # never past a full bar
+    progress(0, 0, "Counting")
+    progress.phase("Loading the model")
+    assert recorder.shown == [
+        (0.75, "Segment 1/2 · step 3/4"), (1.0, "Writing previews"), (None, "Counting"), (0.0, "Loading the model"),
+    ]
+
+
+def test_inputs_read_the_page_values():
+    assert frame_rate("30") == 30.0 and frame_rate("source") is None and frame_rate(None) is None
+    with pytest.raises(WanAnimateError, match="Frame rate"):
+        frame_rate("fast")
+    assert optional_end(0) is None and optional_end(None) is None and optional_end(2) == 2.0
+    quality = generation_settings("quality", 12, -1, 1.0, 5, True, fast_available=False)
+    assert (quality.num_inference_steps, quality.seed, quality.overlap_frames, quality.color_match) == (12, None, 5, True)
+    assert generation_settings("fast", 30, 7, 1.0, 1, False, fast_available=True).num_inference_steps == 4
+    with pytest.raises(WanAnimateError, match="few-step LoRA"):
+        generation_settings("fast", 4, 7, 1.0, 1, False, fast_available=False)
+
+
+def test_tiny_models_config_runs_on_the_cpu_and_says_it_is_a_demo(tmp_path):
+    from wan_animate.demo import TinyModels
+
+    models = TinyModels(*(tmp_path / name for name in ("ckpt", "det", "pose.onnx", "sam2", "relight.ckpt", "fast.st")))
+    config = AppConfig().with_tiny_models(models)
+    assert config.demo and config.allow_cpu and (config.memory_mode, config.dtype) == ("none", "float32")
+    assert (config.model, config.pose_model, config.fast_lora) == (str(models.checkpoint), str(models.pose), str(models.fast_lora))
+
+
+# -- ZeroGPU durations -----------------------------------------------------------------------------------
+
+
+def test_every_gpu_action_asks_for_a_duration_from_its_arguments(tmp_path, inputs, monkeypatch):
+    """On ZeroGPU each action is wrapped by ``spaces.GPU(duration=...)``; here `spaces.GPU` is a recorder."""
+    wrapped = {}
+
+    def gpu(duration):
+        def wrap(action):
+            wrapped[action.__name__] = duration
+            return action
+
+        return wrap
+
+    monkeypatch.setattr(studio_module.spaces, "GPU", gpu)
+    studio = Studio(_config(tmp_path))
+    assert set(wrapped) == {
+        "extract_animation", "extract_replacement", "animate", "replace",
+        "animate_oneshot", "replace_oneshot", "animate_draft", "replace_draft",
+    }
+    photo, video = inputs
+    job = new_job(studio.work_root, "animate", photo, video)
+    job.record.num_frames, job.record.resolution = 80, "720p"
+    job.save()
+
+    def seconds(steps: int, resolution: str = "720p", frames: int = 80) -> int:
+        return gpu_duration(estimate_generation_seconds(frames, resolution, GenerationSettings(num_inference_steps=steps)))
+
+    generate = wrapped["animate"]
+    assert generate(job.id, "quality", 20, -1, 1.0, 1, False) == seconds(20)
+    assert generate(job.id, "quality", 40, -1, 1.0, 1, False) > seconds(20)
+    assert generate(job.id, "fast", 20, -1, 1.0, 1, False) == seconds(4) < seconds(20)  # the preset's steps
+    assert wrapped["animate_draft"](photo, video) < wrapped["animate_oneshot"](photo, video)
+    assert wrapped["replace_draft"](photo, video) >= wrapped["animate_draft"](photo, video)  # SAM2 costs more
+    assert wrapped["extract_animation"](photo, video) >= gpu_time_module.DEFAULT_SECONDS
+    # A bad input asks for the default; the action then fails with its own message.
+    assert generate("not-a-job", "quality", 20, -1, 1.0, 1, False) == gpu_time_module.DEFAULT_SECONDS
