@@ -663,7 +663,7 @@ class Studio:
             name = uuid.uuid4().hex[:8]
             result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=report, cancel=cancel)
         report(0, 1, "Writing the side-by-side video")
-        side_by_side = job.write_side_by_side(result.frames, result.fps, job.output(f"side_by_side_{name}.mp4"))
+        side_by_side = job.write_side_by_side(result.video_path, job.output(f"side_by_side_{name}.mp4"))
         return str(result.video_path), str(side_by_side), _result_markdown(job, result, settings), self._details(job, result, settings)
 
     @contextmanager
@@ -705,10 +705,10 @@ class Studio:
         return {
             "job_id": job.id,
             "seed": result.seed,
-            "frames": int(len(result.frames)),
+            "frames": result.num_frames,
             "fps": result.fps,
-            "width": int(result.frames.shape[2]),
-            "height": int(result.frames.shape[1]),
+            "width": result.width,
+            "height": result.height,
             "seconds": round(result.seconds, 2),
             "steps": settings.num_inference_steps,
             "guidance": settings.guidance_scale,
@@ -823,10 +823,10 @@ class Studio:
 
 
 def _result_markdown(job: Job, result: GenerationResult, settings: GenerationSettings) -> str:
-    frames = len(result.frames)
+    frames = result.num_frames
     return (
         f"**Seed {result.seed}** · {frames} frames at {result.fps:g} fps ({frames / result.fps:.1f} s) · "
-        f"{result.frames.shape[2]}×{result.frames.shape[1]} · {settings.num_inference_steps} steps · "
+        f"{result.width}×{result.height} · {settings.num_inference_steps} steps · "
         f"took {result.seconds:.0f} s"
     )
 
