@@ -407,18 +407,21 @@ class _Segment:
     step_seconds: float
 
 
-class _Output(Protocol):
+class _Output:
+    """Where the loop hands its finished segments; this base drops them (the followers of a context-parallel
+    run: the leader writes the frames)."""
+
     def add(self, segment: _Segment) -> None:
         """Take a finished segment (main thread; the work may go on on a worker thread)."""
 
     def poll(self) -> None:
-        """Report what the worker finished (main thread, called at every step)."""
+        """Report what a worker finished (main thread, called at every step)."""
 
     def finish(self) -> None:
-        """Wait for everything handed over; raise what the worker raised."""
+        """Wait for everything handed over; raise what a worker raised."""
 
 
-class _FramesInMemory:
+class _FramesInMemory(_Output):
     """`generate`'s output: the frames of every segment, kept."""
 
     def __init__(self) -> None:
@@ -427,27 +430,8 @@ class _FramesInMemory:
     def add(self, segment: _Segment) -> None:
         self.frames.append(segment.frames)
 
-    def poll(self) -> None:
-        pass
 
-    def finish(self) -> None:
-        pass
-
-
-class _Discard:
-    """A follower's output in a context-parallel run: the leader writes the frames."""
-
-    def add(self, segment: _Segment) -> None:
-        pass
-
-    def poll(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-class _VideoOutput:
+class _VideoOutput(_Output):
     """`generate_video`'s output: each segment encoded on a worker thread, the mp4 re-assembled, a checkpoint.
 
     For every segment, in order, the worker writes ``segment_NNNN.mp4`` into the state folder, joins every
@@ -488,7 +472,13 @@ class _VideoOutput:
             audio_start=self.conditioning.audio_start,
         )
 
+    MAX_PENDING = 2
+    """Segments waiting for the writer at most; more waits for it, so a slow writer cannot fill host memory."""
+
     def add(self, segment: _Segment) -> None:
+        if len(self.pending) >= self.MAX_PENDING:
+            self.pending[0].exception()  # wait for the oldest
+            self.poll()
         self.pending.append(self.worker.submit(self._write, segment))
 
     def _write(self, segment: _Segment) -> SegmentUpdate:
@@ -572,10 +562,24 @@ def load_checkpoint(state_dir: str | Path, conditioning: Conditioning, settings:
     return Checkpoint.load(state_dir, fingerprint=_fingerprint(conditioning, settings), seed=settings.seed)
 
 
-def _synchronize(device: torch.device) -> None:
-    """Wait for the GPU, so a phase's time is its own (kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _Stopwatch:
+    """Seconds between laps, the device's queued work included: a lap waits for the GPU (kernels run
+    asynchronously, so without the wait a phase's time would land in the next one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mark = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        seconds, self.mark = now - self.mark, now
+        return seconds
+
+    def restart(self) -> None:
+        """Leave out the time since the last lap (a progress report between two steps)."""
+        self.mark = time.perf_counter()
 
 
 def _run_segments(
@@ -672,30 +676,28 @@ def _segment_loop(
                     logger.info("Stopping before segment %d: it would end after the deadline (~%.0f s)", index + 1, estimate)
                     break
                 times = SegmentTimes()
-                started = mark = time.perf_counter()
+                started = time.perf_counter()
+                watch = _Stopwatch(model.device)
                 tracker.encoding(index)
                 inputs = next_inputs.result()
                 if index + 1 < segments.stop:
                     next_inputs = inputs_worker.submit(model.load_inputs, index + 1)
-                times.inputs, mark = time.perf_counter() - mark, time.perf_counter()
+                times.inputs = watch.lap()
                 encoded = model.encode(job, inputs, previous)
                 del inputs
-                _synchronize(model.device)
-                times.encode, mark = time.perf_counter() - mark, time.perf_counter()
+                times.encode = watch.lap()
 
                 def on_step(step: int) -> None:
-                    nonlocal mark
-                    _synchronize(model.device)
-                    times.steps.append(time.perf_counter() - mark)
+                    times.steps.append(watch.lap())
                     this_call.append(times.steps[-1])
                     output.poll()
                     tracker.step(index, step)
-                    mark = time.perf_counter()
+                    watch.restart()
 
                 latents = model.denoise(job, encoded, on_step)
                 del encoded
                 tracker.decoding(index)
-                mark = time.perf_counter()
+                watch.restart()
                 video = model.decode(latents)
                 del latents
                 if settings.color_match and previous is not None:
@@ -703,7 +705,7 @@ def _segment_loop(
                 previous = video[:, :, -settings.overlap_frames :].clone()
                 frames = model.output_frames(index, video)
                 del video
-                times.decode = time.perf_counter() - mark
+                times.decode = watch.lap()
                 times.total = time.perf_counter() - started
                 history.append(times)
                 output.add(
@@ -815,7 +817,8 @@ def generate_video(
     """
     settings = settings or GenerationSettings()
     _check_job(conditioning, settings, max_segments)
-    if deadline is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if deadline is not None and distributed and torch.distributed.get_world_size() > 1:
         raise WanAnimateError("A deadline cannot be used with several GPUs (they could stop at different segments); use max_segments.")
     started = time.perf_counter()
     output_path = Path(output_path)
@@ -825,17 +828,18 @@ def generate_video(
     folder = Path(tempfile.mkdtemp(prefix=f".{output_path.stem}.segments.", dir=output_path.parent)) if temporary else Path(state_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        resume = load_checkpoint(folder, conditioning, settings)
+        fingerprint = _fingerprint(conditioning, settings)
+        resume = Checkpoint.load(folder, fingerprint=fingerprint, seed=settings.seed)
         seed = resume.seed if resume is not None else settings.seed if settings.seed is not None else secrets.randbelow(2**31)
         history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
         output = _VideoOutput(
             output_path, folder, conditioning, plan,
-            fingerprint=_fingerprint(conditioning, settings), seed=seed, history=history, on_segment=on_segment,
+            fingerprint=fingerprint, seed=seed, history=history, on_segment=on_segment,
         )
-        if resume is not None:
-            output.assemble(resume.segments_done)  # the output holds the finished segments from the start
         _log_start(conditioning, settings, plan, seed, resume.segments_done if resume is not None else 0)
         try:
+            if resume is not None:
+                output.assemble(resume.segments_done)  # the output holds the finished segments from the start
             done = _run_segments(
                 pipeline, conditioning, settings, output, seed=seed, resume=resume, progress=progress, cancel=cancel,
                 max_segments=max_segments, deadline=deadline, history=history,
@@ -875,7 +879,7 @@ def follow_job(
         raise WanAnimateError("A followed job needs the leader's seed.")
     history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
     return _run_segments(
-        pipeline, conditioning, settings, _Discard(), seed=seed, resume=resume, progress=progress, cancel=cancel,
+        pipeline, conditioning, settings, _Output(), seed=seed, resume=resume, progress=progress, cancel=cancel,
         max_segments=max_segments, deadline=None, history=history,
     )
 

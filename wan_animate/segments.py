@@ -112,7 +112,6 @@ class JobLatents:
 class EncodedSegment:
     """One segment's conditioning in latent space, on the device, ready for the denoising steps."""
 
-    index: int
     pose_latents: torch.Tensor
     face: torch.Tensor
     reference_latents: torch.Tensor
@@ -214,7 +213,6 @@ class SegmentModel:
             device=device,
         )
         return EncodedSegment(
-            index=inputs.index,
             pose_latents=pose_latents.to(self.transformer_dtype),
             face=inputs.face.to(device).to(self.transformer_dtype),
             reference_latents=torch.cat([job.reference_image_latents, condition_latents], dim=2),
