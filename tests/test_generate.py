@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from tests.media import audio_duration, video_facts, write_test_video
 from wan_animate.conditioning import Conditioning
 from wan_animate.errors import GenerationCancelled, WanAnimateError
-from wan_animate.generate import SegmentTimes, estimate_segment_seconds, estimate_steps, generate, generate_video, GenerationSettings
+from wan_animate.generate import GenerationSettings, SegmentTimes, estimate_segment_seconds, estimate_steps, generate, generate_video
 from wan_animate.models import load_pipeline
 from wan_animate.video import read_video
 
@@ -209,8 +210,6 @@ def test_another_jobs_state_is_refused(pipeline, tmp_path, three_segments, chang
 
 
 def test_a_deadline_stops_before_a_segment_that_would_not_end_in_time(pipeline, tmp_path):
-    import time
-
     conditioning = make_conditioning("animate", frames=11)
     # Already passed: the first segment runs (nothing is measured yet), then no other fits.
     result = generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state", deadline=time.monotonic())
@@ -237,7 +236,7 @@ def test_the_mp4_holds_finished_segments_while_later_ones_are_generated(pipeline
             for _ in range(600):
                 if output.exists() and video_facts(output)["frames"] == 9:
                     break
-                threading.Event().wait(0.05)
+                time.sleep(0.05)
             seen["frames"] = decoded(output)
 
     result = generate_video(pipeline, make_conditioning("animate", frames=11), output, GenerationSettings(**FAST), progress=progress)

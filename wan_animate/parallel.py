@@ -56,9 +56,9 @@ from diffusers import ContextParallelConfig
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput
 
+from .checkpoint import Checkpoint
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
-from .checkpoint import Checkpoint
 from .generate import GenerationSettings, follow_job, load_checkpoint
 from .progress import ProgressCallback
 
