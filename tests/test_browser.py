@@ -213,7 +213,7 @@ def test_animation_extract_preview_generate(page, e2e_media):
     assert state["duration"] == pytest.approx(20 / 30, abs=0.1)
     assert "Seed" in page.locator("#animate-summary").inner_text()
     seen = _progress_seen(page)
-    assert any(text.startswith("Segment 1/1, step 2/2") for text in seen), seen
+    assert any(text.startswith("Segment 1/1 · step ") for text in seen), "\n".join(seen)
     page.screenshot(path=str(ARTIFACTS / "02_animation_result.png"), full_page=True)
 
 

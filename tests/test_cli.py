@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("small_media")
 
 def test_help_explains_every_option():
     result = subprocess.run([sys.executable, "-m", "wan_animate", "replace", "--help"], capture_output=True, text=True, check=True)
-    for option in ("--image", "--video", "--conditioning", "--memory-mode", "--relight", "--blockify", "--color-match", "--seed"):
+    for option in ("--image", "--video", "--conditioning", "--memory-mode", "--relight", "--blockify", "--color-match", "--seed", "--state-dir", "--max-segments"):
         assert option in result.stdout
     assert "Replacement: the character replaces the person" in result.stdout
 
@@ -57,3 +57,18 @@ def test_user_errors_exit_with_a_message(tmp_path, capsys):
     assert "Give --image and --video" in capsys.readouterr().err
     assert main(["animate", "--conditioning", str(tmp_path / "missing"), "-o", str(tmp_path / "o.mp4")]) == 2
     assert "Conditioning folder not found" in capsys.readouterr().err
+
+
+def test_a_job_stopped_after_a_segment_goes_on_with_the_same_state_dir(tiny_checkpoint, tmp_path, capsys):
+    from tests.test_generate import make_conditioning
+
+    folder = make_conditioning("animate", 78).save(tmp_path / "conditioning")  # two 77-frame segments
+    command = [
+        "animate", "--conditioning", str(folder), "-o", str(tmp_path / "out.mp4"), "--model", str(tiny_checkpoint),
+        "--allow-cpu", "--dtype", "float32", "--steps", "1", "--seed", "3", "--state-dir", str(tmp_path / "state"),
+    ]
+    assert main([*command, "--max-segments", "1"]) == 0
+    assert "Stopped after segment 1 of 2: run the same command again" in capsys.readouterr().out
+    assert video_facts(tmp_path / "out.mp4")["frames"] == 77
+    assert main(command) == 0
+    assert "Wrote" in capsys.readouterr().out and video_facts(tmp_path / "out.mp4")["frames"] == 78

@@ -8,6 +8,7 @@ import pytest
 from tests.media import write_test_video
 from wan_animate.conditioning import Conditioning
 from wan_animate.errors import WanAnimateError
+from wan_animate.video import VideoFrames
 
 
 def make(mode="animate", frames=3, height=32, width=48, **overrides) -> Conditioning:
@@ -113,3 +114,25 @@ def test_save_replaces_a_folder_whole(tmp_path):
     make("animate").save(folder)
     assert not (folder / "src_bg.mp4").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["cond"]
+
+
+def test_open_leaves_the_videos_in_their_files_and_reads_what_load_reads(tmp_path):
+    ramp = np.linspace(0, 255, 48, dtype=np.uint8)[None, None, :, None]
+    pose = np.broadcast_to(ramp, (12, 32, 48, 3)) // (1 + np.arange(12)[:, None, None, None])
+    folder = make("replace", frames=12, pose_frames=pose.astype(np.uint8), background_frames=pose.astype(np.uint8)).save(tmp_path / "cond")
+    lazy = Conditioning.open(folder)
+    eager = Conditioning.load(folder)
+    assert isinstance(lazy.pose_frames, VideoFrames) and isinstance(eager.pose_frames, np.ndarray)
+    assert (lazy.num_frames, lazy.height, lazy.width, lazy.mode, lazy.fps) == (12, 32, 48, "replace", 30.0)
+    assert lazy.mask_frames.shape == (12, 32, 48) and lazy.face_frames.shape == (12, 512, 512, 3)
+    for name in ("pose_frames", "face_frames", "background_frames", "mask_frames"):
+        np.testing.assert_array_equal(np.asarray(getattr(lazy, name)), getattr(eager, name))
+    np.testing.assert_array_equal(lazy.mask_frames[3:7], eager.mask_frames[3:7])  # thresholded back to 0/1 too
+    assert set(np.unique(lazy.mask_frames[0])) == {0, 1}
+
+
+def test_open_checks_the_files_without_decoding_them(tmp_path):
+    folder = make("replace", frames=4).save(tmp_path / "cond")
+    write_test_video(folder / "src_face.mp4", np.zeros((3, 512, 512, 3), np.uint8), 30.0)
+    with pytest.raises(WanAnimateError, match="face_frames has 3 frames but pose_frames has 4"):
+        Conditioning.open(folder)

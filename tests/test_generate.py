@@ -1,8 +1,9 @@
-"""Generation through the tiny pipeline: segments, trimming, progress, cancellation, colour matching, mp4 out."""
+"""Generation through the tiny pipeline: progress, cancellation, the streamed mp4, resuming, memory, colour matching."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,21 +11,18 @@ import pytest
 from tests.media import audio_duration, video_facts, write_test_video
 from wan_animate.conditioning import Conditioning
 from wan_animate.errors import GenerationCancelled, WanAnimateError
-from wan_animate.generate import GenerationSettings, estimate_steps, generate, generate_video, match_segment_colors, plan_segments
+from wan_animate.generate import GenerationSettings, SegmentTimes, estimate_segment_seconds, estimate_steps, generate, generate_video
 from wan_animate.models import load_pipeline
+from wan_animate.video import read_video
 
 HEIGHT, WIDTH = 32, 32
 FAST = dict(num_inference_steps=2, segment_frames=5, seed=0, relight=False)
 
 
-def test_plan_segments_mirror_the_pipeline():
-    assert plan_segments(1) == [(0, 1)]
-    assert plan_segments(77) == [(0, 77)]
-    assert plan_segments(78) == [(0, 77), (77, 78)]
-    assert plan_segments(300) == [(0, 77), (77, 153), (153, 229), (229, 300)]
-    assert plan_segments(300, overlap_frames=5) == [(0, 77), (77, 149), (149, 221), (221, 293), (293, 300)]
-    assert plan_segments(10, segment_frames=5) == [(0, 5), (5, 9), (9, 10)]
+def test_steps_of_a_job():
+    assert estimate_steps(1, GenerationSettings()) == 20
     assert estimate_steps(300, GenerationSettings()) == 80
+    assert estimate_steps(300, GenerationSettings(num_inference_steps=4, overlap_frames=5)) == 20
 
 
 @pytest.mark.parametrize(
@@ -39,30 +37,6 @@ def test_plan_segments_mirror_the_pipeline():
 def test_bad_settings_are_refused(overrides, message):
     with pytest.raises(WanAnimateError, match=message):
         GenerationSettings(**overrides).check()
-
-
-def test_colour_matching_shrinks_the_jump_at_a_segment_boundary():
-    rng = np.random.default_rng(0)
-    # A smooth scene whose second segment drifted: warmer and brighter, as segment-wise generation can do.
-    base = rng.normal(110, 25, (1, 24, 24, 3))
-    motion = np.linspace(0, 12, 20)[:, None, None, None]  # slow brightening inside the clip
-    clip = base + motion
-    segments = [(0, 10), (10, 20)]
-    drifted = clip.copy()
-    drifted[10:] = drifted[10:] * np.array([1.15, 1.0, 0.9]) + np.array([18.0, 6.0, -10.0])
-    frames = np.clip(drifted, 0, 255).astype(np.uint8)
-
-    def jump(video):
-        return np.abs(video[10].astype(float) - video[9].astype(float)).mean()
-
-    matched = match_segment_colors(frames, segments, reference_frames=1)
-    natural = np.abs(clip[10] - clip[9]).mean()
-    assert jump(frames) > 10 * natural
-    assert jump(matched) < 0.25 * jump(frames)
-    assert np.array_equal(matched[:10], frames[:10])  # the first segment is the reference, untouched
-    # The brightening inside the second segment is kept, not flattened to one frame's colours.
-    inside = matched[19].astype(float).mean() - matched[10].astype(float).mean()
-    assert inside == pytest.approx(motion[19, 0, 0, 0] - motion[10, 0, 0, 0], abs=2.5)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +70,21 @@ def test_both_modes_write_a_video_with_the_driving_audio(pipeline, tmp_path, mod
     result = generate_video(
         pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), progress=lambda *a: calls.append(a)
     )
-    assert result.frames.shape == (11, HEIGHT, WIDTH, 3) and result.frames.dtype == np.uint8
-    assert result.seed == 0
+    assert result.frames is None and result.complete and result.seed == 0
+    assert (result.num_frames, result.total_frames, result.segments_done, result.segments_total) == (11, 11, 3, 3)
+    assert (result.width, result.height, result.fps) == (WIDTH, HEIGHT, 10.0)
     facts = video_facts(result.video_path)
     assert facts == {"codec": "h264", "pix_fmt": "yuv420p", "width": WIDTH, "height": HEIGHT, "fps": 10.0, "has_audio": True, "frames": 11}
     assert audio_duration(result.video_path) == pytest.approx(1.1, abs=0.05)
-    # Progress counts the steps of all segments together.
-    assert [c[:2] for c in calls] == [(i, 6) for i in range(1, 7)]
-    assert calls[-1][2] == "Segment 3/3, step 2/2"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["driving.mp4", "out.mp4"]  # no segment files left
+    # Progress over the whole job: every phase of every segment, in order, never going back.
+    phases = [description.split(" · ")[1] for _, _, description in calls]
+    assert phases == ["encoding", "step 1/2", "step 2/2", "decoding"] * 3 + ["writing the video", "done"]
+    assert [description.split(" · ")[0] for _, _, description in calls] == [f"Segment {k}/3" for k in (1, 2, 3) for _ in range(4)] + ["Segment 3/3"] * 2
+    done = [call[0] for call in calls]
+    assert done == sorted(done) and done[0] == 0 and done[-2] < 1000 and done[-1] == 1000 and {call[1] for call in calls} == {1000}
+    # Once a step was measured, the time left is said.
+    assert "left" not in calls[0][2] and calls[-2][2].endswith("left")
 
 
 def test_a_single_frame_clip_and_seeds(pipeline):
@@ -118,19 +99,20 @@ def test_a_single_frame_clip_and_seeds(pipeline):
     assert 0 <= drawn.seed < 2**31
 
 
-def test_cancel_stops_between_steps(pipeline):
+def test_cancel_stops_within_a_step(pipeline):
     cancel = threading.Event()
-    seen = []
+    steps = []
 
     def progress(done, total, description):
-        seen.append(done)
-        if done == 3:
-            cancel.set()
+        if "step" in description:
+            steps.append(description)
+            if len(steps) == 3:
+                cancel.set()
 
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(GenerationCancelled, match="Stopped after step 3 of 6"):
         generate(pipeline, make_conditioning("animate", frames=11), GenerationSettings(**FAST), progress=progress, cancel=cancel)
-    assert seen == [1, 2, 3]
-    # The pipeline is still usable afterwards.
+    assert len(steps) == 3
+    # The pipeline is still usable afterwards, with its own scheduler.
     assert generate(pipeline, make_conditioning("animate", frames=2), GenerationSettings(**FAST)).frames.shape[0] == 2
 
 
@@ -156,3 +138,156 @@ def test_prompt_embeddings_are_computed_once_per_prompt(pipeline):
         assert len(pipeline.wan_prompt_cache) == PROMPT_CACHE_SIZE
     finally:
         hook.remove()
+
+
+# -- Resuming, streaming, memory -------------------------------------------------------------------------------
+
+
+def decoded(path) -> np.ndarray:
+    return read_video(path, fps=None, max_seconds=None).frames
+
+
+@pytest.fixture(scope="module")
+def three_segments(pipeline, tmp_path_factory):
+    """An uninterrupted 3-segment job with sound: the reference for resumed ones."""
+    folder = tmp_path_factory.mktemp("three_segments")
+    driving = write_test_video(folder / "driving.mp4", np.zeros((20, 32, 32, 3), np.uint8), 10.0, audio_seconds=2.0)
+    conditioning = make_conditioning("replace", frames=11, audio=driving)
+    result = generate_video(pipeline, conditioning, folder / "whole.mp4", GenerationSettings(**FAST))
+    return conditioning, result.video_path
+
+
+def test_a_job_stopped_after_one_segment_goes_on_to_the_same_video(pipeline, tmp_path, three_segments):
+    conditioning, whole = three_segments
+    state = tmp_path / "state"
+    first = generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=state, max_segments=1)
+    assert not first.complete and (first.segments_done, first.segments_total, first.num_frames) == (1, 3, 5)
+    assert video_facts(first.video_path)["frames"] == 5 and video_facts(first.video_path)["has_audio"]
+    assert sorted(p.name for p in state.iterdir()) == ["checkpoint.pt", "segment_0000.mp4"]
+
+    updates = []
+    # seed=None: the stored job's seed is used.
+    rest = generate_video(
+        pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**{**FAST, "seed": None}), state_dir=state,
+        on_segment=updates.append,
+    )
+    assert rest.complete and rest.seed == 0 and rest.num_frames == 11
+    assert [(u.index, u.frames_done, u.segments_total) for u in updates] == [(1, 9, 3), (2, 11, 3)]
+    np.testing.assert_array_equal(decoded(rest.video_path), decoded(whole))
+    assert audio_duration(rest.video_path) == pytest.approx(audio_duration(whole))
+    assert rest.video_path.read_bytes() == whole.read_bytes()  # even the same file
+
+    # A finished job asked again: the video is assembled from its segments, nothing is generated.
+    again = generate_video(pipeline, conditioning, tmp_path / "again.mp4", GenerationSettings(**FAST), state_dir=state)
+    assert again.complete and again.video_path.read_bytes() == whole.read_bytes()
+
+
+def test_a_cancelled_job_goes_on_to_the_same_video(pipeline, tmp_path, three_segments):
+    conditioning, whole = three_segments
+    cancel = threading.Event()
+
+    def progress(done, total, description):
+        if description.startswith("Segment 2/3 · step 1/2"):
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled, match="Stopped after step 3 of 6"):
+        generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), progress=progress, cancel=cancel, state_dir=tmp_path / "state")
+    assert video_facts(tmp_path / "out.mp4")["frames"] == 5  # the finished segment is kept
+    rest = generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state")
+    np.testing.assert_array_equal(decoded(rest.video_path), decoded(whole))
+    assert video_facts(rest.video_path) == video_facts(whole)
+
+
+@pytest.mark.parametrize("change", [dict(seed=1), dict(num_inference_steps=3), dict(color_match=True)])
+def test_another_jobs_state_is_refused(pipeline, tmp_path, three_segments, change):
+    conditioning, _ = three_segments
+    generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state", max_segments=1)
+    with pytest.raises(WanAnimateError, match="holds the state of another job"):
+        generate_video(pipeline, conditioning, tmp_path / "other.mp4", GenerationSettings(**{**FAST, **change}), state_dir=tmp_path / "state")
+    with pytest.raises(WanAnimateError, match="holds the state of another job"):
+        other_clip = make_conditioning("replace", frames=12)
+        generate_video(pipeline, other_clip, tmp_path / "other.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state")
+
+
+def test_a_deadline_stops_before_a_segment_that_would_not_end_in_time(pipeline, tmp_path):
+    conditioning = make_conditioning("animate", frames=11)
+    # Already passed: the first segment runs (nothing is measured yet), then no other fits.
+    result = generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state", deadline=time.monotonic())
+    assert (result.segments_done, result.complete) == (1, False)
+    # The next call has the first segment's times: it estimates and starts nothing.
+    again = generate_video(pipeline, conditioning, tmp_path / "out.mp4", GenerationSettings(**FAST), state_dir=tmp_path / "state", deadline=time.monotonic())
+    assert (again.segments_done, again.num_frames) == (1, 5) and video_facts(again.video_path)["frames"] == 5
+
+
+def test_segment_estimates_come_from_measured_times():
+    times = [SegmentTimes(inputs=1.0, encode=2.0, steps=[10.0, 12.0], decode=3.0, write=4.0, total=28.0), SegmentTimes(steps=[11.0, 11.0], write=2.0, total=26.0)]
+    # median step 11 x 4 steps + median rest (6 and 4: 5) + median write (3)
+    assert estimate_segment_seconds(times, 4) == pytest.approx(44 + 5 + 3)
+    assert estimate_segment_seconds([], 4) is None
+
+
+def test_the_mp4_holds_finished_segments_while_later_ones_are_generated(pipeline, tmp_path):
+    output = tmp_path / "out.mp4"
+    seen = {}
+
+    def progress(done, total, description):
+        if description.startswith("Segment 3/3 · step 1/2"):
+            # The first two segments went to the writer thread; wait (not a timing assertion) until it wrote them.
+            for _ in range(600):
+                if output.exists() and video_facts(output)["frames"] == 9:
+                    break
+                time.sleep(0.05)
+            seen["frames"] = decoded(output)
+
+    result = generate_video(pipeline, make_conditioning("animate", frames=11), output, GenerationSettings(**FAST), progress=progress)
+    assert len(seen["frames"]) == 9
+    np.testing.assert_array_equal(seen["frames"], decoded(result.video_path)[:9])
+
+
+def test_host_memory_does_not_grow_with_the_clip(pipeline, tmp_path):
+    """tracemalloc (numpy's buffers included) over a job read lazily: 5 segments peak like 2."""
+    import tracemalloc
+
+    settings = GenerationSettings(**{**FAST, "num_inference_steps": 1})
+    folders = {frames: make_conditioning("replace", frames).save(tmp_path / f"conditioning_{frames}") for frames in (9, 21)}
+
+    def peak(run) -> int:
+        tracemalloc.start()
+        try:
+            run()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    two, five = (
+        peak(lambda: generate_video(pipeline, Conditioning.open(folders[frames]), tmp_path / f"out_{frames}.mp4", settings))
+        for frames in (9, 21)
+    )
+    assert five < 1.25 * two
+    # What it would cost to hold the 21-frame clip (its 512 x 512 face crops alone are 16 MB): far more.
+    assert peak(lambda: Conditioning.load(folders[21])) > 2 * two
+
+
+def test_colour_matching_happens_before_the_next_segment_is_conditioned(pipeline):
+    """The frames that condition segment 3 are segment 2's colour-matched frames, as the video shows them."""
+    conditioning = make_conditioning("animate", frames=11)
+    conditions = []
+    original = pipeline.prepare_prev_segment_cond_latents
+
+    def spy(previous, *args, **kwargs):
+        conditions.append(None if previous is None else previous.clone())
+        return original(previous, *args, **kwargs)
+
+    pipeline.prepare_prev_segment_cond_latents = spy
+    try:
+        matched = generate(pipeline, conditioning, GenerationSettings(**FAST, color_match=True)).frames
+        plain = generate(pipeline, conditioning, GenerationSettings(**FAST)).frames
+    finally:
+        del pipeline.prepare_prev_segment_cond_latents
+    assert conditions[0] is None and len(conditions) == 6
+    as_uint8 = ((conditions[2][0, :, -1].permute(1, 2, 0).float() * 0.5 + 0.5).clamp(0, 1) * 255).round().numpy()
+    # Segment 2 was corrected (segment 1 is the reference and the same in both runs) ...
+    np.testing.assert_array_equal(matched[:5], plain[:5])
+    assert np.abs(matched[5:9].astype(int) - plain[5:9]).mean() > 1
+    # ... and segment 3 was conditioned on the corrected last frame of segment 2.
+    assert np.abs(as_uint8 - matched[8]).max() <= 1

@@ -14,7 +14,7 @@ from tests.media import audio_duration, counter_frames, frame_index, video_facts
 from wan_animate.conditioning import Conditioning
 from wan_animate.errors import WanAnimateError
 from wan_animate.jobs import Cleaner, JobStore, clean_jobs, folder_bytes, new_job, open_job, prune_jobs
-from wan_animate.video import probe_video, read_video
+from wan_animate.video import VideoFrames, probe_video, read_video, write_video
 
 
 @pytest.fixture
@@ -77,13 +77,14 @@ def test_conditioning_round_trip_and_missing(tmp_path, inputs):
     conditioning.save(job.conditioning_dir)
     loaded = job.load_conditioning()
     assert (loaded.mode, loaded.num_frames, loaded.width) == ("animate", 3, 32)
+    assert isinstance(loaded.pose_frames, VideoFrames)  # read per segment when generating
 
 
 def test_side_by_side_pairs_each_result_frame_with_its_driving_frame(tmp_path, inputs):
     """With a trim starting at frame 6, the left half of output frame t shows driving frame 6 + t."""
     job = new_job(tmp_path, "animate", *inputs, start=0.2, end=0.6, fps=30.0)
-    result = np.full((12, 64, 64, 3), 255, np.uint8)
-    path = job.write_side_by_side(result, 30.0, job.output("side.mp4"))
+    result = write_video(job.output("result.mp4"), np.full((12, 64, 64, 3), 255, np.uint8), 30.0)
+    path = job.write_side_by_side(result, job.output("side.mp4"))
     facts = video_facts(path)
     assert (facts["frames"], facts["width"], facts["height"]) == (12, 96 + 64, 64)
     assert audio_duration(path) == pytest.approx(12 / 30, abs=0.05)

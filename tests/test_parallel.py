@@ -8,7 +8,9 @@ single-process results first, then enables context parallelism and compares:
 * a LoRA on ``proj_out`` added after parallelism was enabled (the output gather must move onto it);
 * the same plan without the face-adapter hook, which must NOT match (so the comparison can fail);
 * the leader/follower protocol: rank 0 shares Animation and Replacement jobs and generates, rank 1 runs
-  `run_follower`; rank 0's frames equal the single-process frames, and a cancel on rank 0 stops both.
+  `run_follower`; rank 0's frames equal the single-process frames, a job stopped after one of its two
+  segments goes on from rank 0's checkpoint on both ranks to the single-process video, and a cancel on
+  rank 0 stops both.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import copy
 import os
 import queue
 import socket
+import tempfile
 import threading
 import traceback
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,30 +193,31 @@ def _check_transformer(report: dict) -> None:
         report["without_face_hook"] = repr(error)
 
 
-def _conditioning(mode: str):
+def _conditioning(mode: str, frames: int = FRAMES):
     from wan_animate.conditioning import Conditioning
 
     rng = np.random.default_rng(1)
     fields = dict(
         mode=mode,
         reference_image=rng.integers(0, 255, (40, 40, 3), dtype=np.uint8),
-        pose_frames=rng.integers(0, 255, (FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8),
-        face_frames=rng.integers(0, 255, (FRAMES, 512, 512, 3), dtype=np.uint8),
+        pose_frames=rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8),
+        face_frames=rng.integers(0, 255, (frames, 512, 512, 3), dtype=np.uint8),
         fps=10.0,
     )
     if mode == "replace":
-        mask = np.zeros((FRAMES, HEIGHT, WIDTH), np.uint8)
+        mask = np.zeros((frames, HEIGHT, WIDTH), np.uint8)
         mask[:, 8:24, 8:24] = 1
         fields["mask_frames"] = mask
-        fields["background_frames"] = rng.integers(0, 255, (FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8) * (1 - mask[..., None])
+        fields["background_frames"] = rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8) * (1 - mask[..., None])
     return Conditioning(**fields)
 
 
 def _check_pipeline(parallel, report: dict) -> None:
     from wan_animate.demo.checkpoint import build_tiny_pipeline
     from wan_animate.errors import GenerationCancelled
-    from wan_animate.generate import GenerationSettings, generate
+    from wan_animate.generate import GenerationSettings, generate, generate_video
     from wan_animate.parallel import enable_context_parallel, run_follower, share_job
+    from wan_animate.video import read_video
 
     pipeline = build_tiny_pipeline(seed=0)
     if parallel.is_follower:
@@ -221,10 +226,13 @@ def _check_pipeline(parallel, report: dict) -> None:
 
     settings = GenerationSettings(num_inference_steps=2, segment_frames=5, seed=3, relight=False)
     references = {mode: generate(pipeline, _conditioning(mode), settings).frames for mode in ("animate", "replace")}
+    scratch = Path(tempfile.mkdtemp())
+    two_segments = _conditioning("animate", frames=9)
+    whole = read_video(generate_video(pipeline, two_segments, scratch / "whole.mp4", settings).video_path, fps=None).frames
     tokens_seen = set()
     for mode in ("animate", "replace"):
         calls = []
-        job = share_job(parallel, _conditioning(mode), settings, progress=lambda *call: calls.append(call[:2]))
+        job = share_job(parallel, _conditioning(mode), settings, progress=lambda *call: calls.append(call[2].split(" · ")[1]))
         enable_context_parallel(pipeline, parallel.options)
         if not tokens_seen:
             pipeline.transformer.blocks[0].attn1.register_forward_pre_hook(lambda module, args: tokens_seen.add(args[0].shape[1]))
@@ -232,6 +240,16 @@ def _check_pipeline(parallel, report: dict) -> None:
         report[f"{mode}_frames"] = int(np.abs(frames.astype(int) - references[mode].astype(int)).max())
         report[f"{mode}_progress"] = calls
     report["pipeline_tokens_seen"] = tokens_seen
+
+    # Stopped after one of two segments, then resumed with no seed: every rank starts from the checkpoint.
+    state = scratch / "state"
+    job = share_job(parallel, two_segments, settings, state_dir=state, max_segments=1)
+    first = generate_video(pipeline, two_segments, scratch / "out.mp4", job.settings, progress=job.progress, cancel=job.cancel, state_dir=state, max_segments=1)
+    job = share_job(parallel, two_segments, replace(settings, seed=None), state_dir=state)
+    rest = generate_video(pipeline, two_segments, scratch / "out.mp4", job.settings, progress=job.progress, cancel=job.cancel, state_dir=state)
+    report["resumed"] = (first.segments_done, rest.segments_done, job.settings.seed)
+    resumed = read_video(rest.video_path, fps=None).frames
+    report["resumed_frames"] = float(np.abs(resumed.astype(int) - whole.astype(int)).mean()) if resumed.shape == whole.shape else resumed.shape
 
     # A job without a seed gets one drawn by the leader; the leader's cancel after step 1 stops both ranks.
     cancel = threading.Event()
@@ -328,10 +346,12 @@ def test_leader_and_follower_generate_the_single_process_frames(reports):
     for mode in ("animate", "replace"):
         # uint8 frames: float noise of ~1e-6 may flip a rounding
         assert leader[f"{mode}_frames"] <= 1, mode
-        assert leader[f"{mode}_progress"] == [(1, 2), (2, 2)]
+        assert leader[f"{mode}_progress"] == ["encoding", "step 1/2", "step 2/2", "decoding", "writing the video", "done"]
     # 32 x 32 frames: 4 tokens per latent frame, 3 frames, 6 tokens per rank.
     assert leader["pipeline_tokens_seen"] == {6}
     assert leader["cancelled"] is True
     assert leader["seed_drawn"] is True
-    # Animation and Replacement; the cancelled job does not count.
-    assert follower["jobs_completed"] == 2
+    assert leader["resumed"] == (1, 2, 3)
+    assert leader["resumed_frames"] < 0.5  # H.264 of frames equal to +-1 level
+    # Animation, Replacement and the two calls of the resumed job; the cancelled job does not count.
+    assert follower["jobs_completed"] == 4

@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.media import audio_duration, counter_frames, frame_index, video_facts, write_test_video
 from wan_animate.errors import WanAnimateError
-from wan_animate.video import has_alpha, probe_video, read_image, read_video, resample_indices, write_side_by_side, write_video
+from wan_animate.video import VideoFrames, concat_videos, has_alpha, probe_video, read_image, read_video, resample_indices, write_side_by_side, write_video
 
 
 def test_resample_indices_follow_the_contract_rule():
@@ -103,8 +103,8 @@ def test_write_video_leaves_nothing_on_failure(tmp_path):
 
 
 def test_write_video_gives_the_same_file_every_time(tmp_path):
-    """The same frames encode to the same pixels and bytes (a browser test compares two extractions' mask previews).
-    With the colour conversion on the encoder's threads, 5 to 40 % of encodes of these blocky frames differed."""
+    """The same frames encode to the same pixels and bytes (a resumed job's video equals an uninterrupted one's).
+    With the colour conversion on the encoder's threads, or x264's macroblock tree on, some encodes differed."""
     blocks = np.random.default_rng(0).integers(0, 256, (20, 12, 12, 3), dtype=np.uint8)
     frames = blocks.repeat(8, axis=1).repeat(8, axis=2)
     written = {write_video(tmp_path / f"take{take}.mp4", frames, 30.0, preset="veryfast").read_bytes() for take in range(30)}
@@ -117,6 +117,51 @@ def test_side_by_side_matches_heights(tmp_path):
     out = write_side_by_side(tmp_path / "sbs.mp4", left, right, 30.0)
     facts = video_facts(out)
     assert (facts["height"], facts["width"], facts["frames"]) == (32, 48 + 32, 4)
+    # Streams of frames, the left one ending early: the right one sets the length, the left holds its last frame.
+    out = write_side_by_side(tmp_path / "sbs.mp4", iter(counter_frames(3, 64, 96)), iter(counter_frames(5, 32, 32)), 30.0)
+    frames = read_video(out, fps=None).frames
+    assert len(frames) == 5 and [frame_index(frame[:, :48]) for frame in frames] == [0, 1, 2, 2, 2]
+
+
+def test_video_frames_reads_on_demand_what_read_video_reads(tmp_path):
+    path = write_test_video(tmp_path / "clip.mp4", counter_frames(30, 32, 48), 30.0)
+    everything = read_video(path, fps=None).frames
+    frames = VideoFrames(path)
+    assert (frames.shape, frames.dtype, frames.ndim, len(frames)) == ((30, 32, 48, 3), np.uint8, 4, 30)
+    np.testing.assert_array_equal(frames[5:12], everything[5:12])
+    np.testing.assert_array_equal(frames[[10, 9, 10, 13]], everything[[10, 9, 10, 13]])  # a few back: still kept
+    np.testing.assert_array_equal(frames[np.array([2, 29, 0])], everything[[2, 29, 0]])  # far back: decoded again
+    np.testing.assert_array_equal(frames[-1], everything[-1])
+    np.testing.assert_array_equal(np.asarray(frames), everything)
+    np.testing.assert_array_equal(np.stack(list(frames)), everything)
+    import pickle
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(frames))[3], everything[3])
+    with pytest.raises(IndexError):
+        frames[30]
+    too_many = VideoFrames(path, num_frames=31)
+    with pytest.raises(WanAnimateError, match="ends after 30 frames but 31 were expected"):
+        too_many[30]
+
+
+def test_concat_videos_joins_parts_without_re_encoding(tmp_path):
+    """Parts of several lengths, one of a single frame (x264 gives it no decode delay), joined with sound."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(128, 30, (1, 32, 48, 3))
+    parts, frames = [], []
+    for index, count in enumerate([9, 1, 8, 3]):
+        part = np.clip(base + np.arange(count)[:, None, None, None] * 4 + index * 20 + rng.normal(0, 2, (count, 32, 48, 3)), 0, 255).astype(np.uint8)
+        parts.append(write_video(tmp_path / f"part{index}.mp4", part, 30.0))
+        frames.append(read_video(parts[-1], fps=None).frames)
+    driving = write_test_video(tmp_path / "driving.mp4", counter_frames(30, 32, 32), 30.0, audio_seconds=1.0)
+    out = concat_videos(tmp_path / "joined.mp4", parts, audio_source=driving, audio_start=0.1)
+    np.testing.assert_array_equal(read_video(out, fps=None).frames, np.concatenate(frames))  # the same pixels: packets copied
+    assert video_facts(out) == {**video_facts(parts[0]), "frames": 21, "has_audio": True}
+    written = write_video(tmp_path / "written.mp4", np.concatenate(frames), 30.0, audio_source=driving, audio_start=0.1)
+    assert audio_duration(out) == audio_duration(written)  # the sound cut as write_video cuts it
+    with pytest.raises(ValueError, match="differs"):
+        concat_videos(tmp_path / "bad.mp4", [parts[0], write_video(tmp_path / "small.mp4", counter_frames(2, 16, 16), 30.0)])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".", "bad"))) == []
 
 
 def test_probe_video(tmp_path):

@@ -31,11 +31,16 @@ class _Bar:
         self.stage = ""
 
     def __call__(self, done: int, total: int, description: str) -> None:
-        # Generation reports "Segment k/n, step i/m": one bar for all of it, the detail as its postfix.
+        # Generation reports "Segment k/n · step i/m · about 2 min left" in per mille of the job: one bar for
+        # all of it, the detail as its postfix.
         stage = "Generating" if description.startswith("Segment") else description
         if self.bar is None or stage != self.stage or total != self.bar.total:
             self.close()
-            self.bar, self.stage = tqdm(total=total, desc=stage, unit="step" if stage == "Generating" else "frame"), stage
+            if stage == "Generating":
+                bar = tqdm(total=total, desc=stage, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+            else:
+                bar = tqdm(total=total, desc=stage, unit="frame")
+            self.bar, self.stage = bar, stage
         self.bar.set_postfix_str(description if stage == "Generating" else "", refresh=False)
         self.bar.n = done
         self.bar.refresh()
@@ -69,7 +74,9 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--conditioning", type=Path, help="Use a conditioning folder (src_pose.mp4, src_face.mp4, ...) instead of --image/--video.")
-    group.add_argument("-o", "--output", type=Path, required=True, help="Output mp4 path.")
+    group.add_argument("-o", "--output", type=Path, required=True, help="Output mp4 path (holds every finished segment while generating).")
+    group.add_argument("--state-dir", type=Path, default=None, help="Job folder for a checkpoint after every segment: run the same command again to go on from the last finished segment.")
+    group.add_argument("--max-segments", type=int, default=None, metavar="N", help="Stop after N segments (go on later with the same --state-dir).")
     group.add_argument("--model", default=None, help="Diffusers checkpoint: hub id or local folder (default Wan-AI/Wan2.2-Animate-14B-Diffusers).")
     group.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"], help="Compute dtype (auto: bf16 where supported, else fp16).")
     group.add_argument("--memory-mode", default="auto", choices=["auto", "none", "model", "group", "sequential"], help="GPU memory mode: none = all on GPU, model/group/sequential = CPU offload, from fastest to leanest.")
@@ -86,7 +93,7 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--relight-weight", type=validation.RELIGHT_WEIGHT.parse, default=1.0, help="Relighting LoRA strength (default 1.0).")
     group.add_argument("--relight-lora", default=None, help="Local relighting_lora.ckpt instead of the hub file.")
     group.add_argument("--lora", action="append", default=[], metavar="SOURCE[::FILE]=WEIGHT", help="Another Wan LoRA (hub id with ::file name, or a file path) and its weight; repeatable.")
-    group.add_argument("--color-match", action="store_true", help="Match each segment's colours to the previous one (long clips).")
+    group.add_argument("--color-match", action="store_true", help="Match each segment's colours to the frames it continues from (long clips).")
     group.add_argument("--step-cache", choices=["none", "first_block", "taylorseer"], default="none", help="Opt-in step cache: skips parts of some steps (first_block: ~1.6x at 480p); quality cost unknown (default none).")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="Compile the transformer's blocks (default: on with all on a GPU of >= 75 GiB).")
     group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None, help="VAE in tiles (default: on when offloading with < 32 GiB free).")
@@ -179,7 +186,7 @@ def _generate(args: argparse.Namespace, bar: _Bar) -> int:
         with tempfile.TemporaryDirectory(prefix="wan_animate_") as scratch:
             if parallel is None or parallel.is_leader:
                 if args.conditioning is not None:
-                    conditioning = Conditioning.load(args.conditioning, mode=args.command)
+                    conditioning = Conditioning.open(args.conditioning, mode=args.command)
                 else:
                     conditioning = _preprocess(args, args.command, Path(scratch) / "preprocess", bar).conditioning
             pipeline = load_pipeline(
@@ -216,12 +223,17 @@ def _generate(args: argparse.Namespace, bar: _Bar) -> int:
                 color_match=args.color_match,
                 step_cache=args.step_cache,
             )
-            job = share_job(parallel, conditioning, settings, progress=bar)
+            job = share_job(parallel, conditioning, settings, progress=bar, state_dir=args.state_dir, max_segments=args.max_segments)
             if parallel is not None:
                 enable_context_parallel(pipeline, parallel.options)
-            result = generate_video(pipeline, conditioning, args.output, job.settings, progress=job.progress, cancel=job.cancel)
+            result = generate_video(
+                pipeline, conditioning, args.output, job.settings, progress=job.progress, cancel=job.cancel,
+                state_dir=args.state_dir, max_segments=args.max_segments,
+            )
     finally:
         shutdown(parallel)
     bar.close()
-    print(f"Wrote {result.video_path} ({len(result.frames)} frames at {result.fps:g} fps, seed {result.seed}, {result.seconds:.0f} s)")
+    print(f"Wrote {result.video_path} ({result.num_frames} frames at {result.fps:g} fps, seed {result.seed}, {result.seconds:.0f} s)")
+    if not result.complete:
+        print(f"Stopped after segment {result.segments_done} of {result.segments_total}: run the same command again to go on.")
     return 0

@@ -3,7 +3,8 @@
 It holds exactly what Wan2.2-Animate is fed (see ``WAN_ANIMATE_CONTRACT.md``), checks itself, and can be
 saved to and loaded from a folder in the upstream layout (``src_ref.png``, ``src_pose.mp4``,
 ``src_face.mp4`` and, for Replacement, ``src_bg.mp4`` and ``src_mask.mp4``), so conditioning made by the
-upstream scripts can be used here and ours can be inspected.
+upstream scripts can be used here and ours can be inspected. `Conditioning.load` decodes the videos into
+arrays; `Conditioning.open` leaves them in their files and generation decodes one segment's frames at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import WanAnimateError
-from .video import FAST_PRESET, read_image, read_video, write_video
+from .video import FAST_PRESET, VideoFrames, probe_video, read_image, write_video
 
 Mode = Literal["animate", "replace"]
 MODES: tuple[Mode, ...] = ("animate", "replace")
@@ -43,6 +44,9 @@ METADATA_FILE = "conditioning.json"
 class Conditioning:
     """Model-ready inputs for one job.
 
+    The frame fields are uint8 arrays, or `VideoFrames` (their files, read on demand) in a conditioning made by
+    `Conditioning.open`.
+
     Attributes:
         mode: ``"animate"`` (the character performs the video's motion) or ``"replace"`` (the character
             replaces the person in the video).
@@ -58,11 +62,11 @@ class Conditioning:
 
     mode: Mode
     reference_image: np.ndarray
-    pose_frames: np.ndarray
-    face_frames: np.ndarray
+    pose_frames: np.ndarray | VideoFrames
+    face_frames: np.ndarray | VideoFrames
     fps: float
-    background_frames: np.ndarray | None = None
-    mask_frames: np.ndarray | None = None
+    background_frames: np.ndarray | VideoFrames | None = None
+    mask_frames: np.ndarray | VideoFrames | None = None
     audio_source: Path | None = None
     audio_start: float = 0.0
 
@@ -92,7 +96,7 @@ class Conditioning:
         return self.num_frames / self.fps
 
     def validate(self) -> None:
-        """Check every array against what the model expects.
+        """Check every array against what the model expects (shapes and types only for `VideoFrames`).
 
         Raises:
             WanAnimateError: One message per problem found, all of them listed.
@@ -132,9 +136,10 @@ class Conditioning:
             yield "replace mode needs both background_frames and mask_frames"
             return
         yield from _check_frames("background_frames", self.background_frames, ndim=4)
-        if not isinstance(self.mask_frames, np.ndarray) or self.mask_frames.ndim != 3 or self.mask_frames.dtype != np.uint8:
+        if not isinstance(self.mask_frames, FRAME_TYPES) or self.mask_frames.ndim != 3 or self.mask_frames.dtype != np.uint8:
             yield f"mask_frames must be a (T, H, W) uint8 array, got {getattr(self.mask_frames, 'dtype', type(self.mask_frames).__name__)} {getattr(self.mask_frames, 'shape', '')}"
-        elif not np.isin(np.unique(self.mask_frames), (0, 1)).all():
+        # A mask read from its file is thresholded to 0/1 frame by frame (`mask_from_rgb`).
+        elif isinstance(self.mask_frames, np.ndarray) and not np.isin(np.unique(self.mask_frames), (0, 1)).all():
             yield "mask_frames must hold only 0 (kept) and 1 (regenerated)"
         else:
             for name, frames in (("background_frames", self.background_frames), ("mask_frames", self.mask_frames)):
@@ -171,7 +176,7 @@ class Conditioning:
 
     @classmethod
     def load(cls, folder: str | Path, *, mode: Mode | None = None, fps: float | None = None) -> "Conditioning":
-        """Read a conditioning folder written by `save` or by the upstream preprocessing scripts.
+        """Read a conditioning folder written by `save` or by the upstream preprocessing scripts into memory.
 
         Args:
             folder: Folder holding ``src_ref.png``, ``src_pose.mp4``, ``src_face.mp4`` and, for Replacement,
@@ -179,6 +184,20 @@ class Conditioning:
             mode: ``"animate"`` or ``"replace"``; by default ``"replace"`` when the background and mask files
                 are there.
             fps: Frame rate; by default the one recorded by `save`, else the pose video's own rate.
+
+        Raises:
+            WanAnimateError: A file is missing or the contents don't fit together.
+        """
+        lazy = cls.open(folder, mode=mode, fps=fps)
+        arrays = {name: np.asarray(getattr(lazy, name)) for name in _VIDEO_FIELDS if getattr(lazy, name) is not None}
+        return replace(lazy, **arrays)
+
+    @classmethod
+    def open(cls, folder: str | Path, *, mode: Mode | None = None, fps: float | None = None) -> "Conditioning":
+        """Like `load`, but the videos stay in their files: every frame field is a `VideoFrames`.
+
+        Frames are decoded when generation reads them, one segment at a time, so memory does not grow with
+        the clip's length. Only the headers (and each video's first frame) are read here.
 
         Raises:
             WanAnimateError: A file is missing or the contents don't fit together.
@@ -192,25 +211,18 @@ class Conditioning:
         for name in (REFERENCE_FILE, POSE_FILE, FACE_FILE) + ((BACKGROUND_FILE, MASK_FILE) if mode == "replace" else ()):
             if not (folder / name).is_file():
                 raise WanAnimateError(f"{folder} has no {name}, which {mode} mode needs")
-
-        def frames(name: str) -> tuple[np.ndarray, float]:
-            clip = read_video(folder / name, fps=None, max_seconds=None)
-            return clip.frames, clip.fps
-
-        pose, pose_fps = frames(POSE_FILE)
-        face, _ = frames(FACE_FILE)
+        pose = VideoFrames(folder / POSE_FILE)
         background = mask = None
         if mode == "replace":
-            background, _ = frames(BACKGROUND_FILE)
-            mask_rgb, _ = frames(MASK_FILE)
-            # Video compression blurs the 0/255 edges slightly: threshold back to the two values.
-            mask = (mask_rgb.mean(axis=3) >= 128).astype(np.uint8)
+            background = VideoFrames(folder / BACKGROUND_FILE)
+            mask_info = probe_video(folder / MASK_FILE)
+            mask = VideoFrames(folder / MASK_FILE, transform=mask_from_rgb, frame_shape=(mask_info.height, mask_info.width))
         return cls(
             mode=mode,
             reference_image=read_image(folder / REFERENCE_FILE),
             pose_frames=pose,
-            face_frames=face,
-            fps=float(fps or metadata.get("fps") or pose_fps),
+            face_frames=VideoFrames(folder / FACE_FILE),
+            fps=float(fps or metadata.get("fps") or probe_video(folder / POSE_FILE).fps),
             background_frames=background,
             mask_frames=mask,
             audio_source=metadata.get("audio_source"),
@@ -218,8 +230,18 @@ class Conditioning:
         )
 
 
+_VIDEO_FIELDS = ("pose_frames", "face_frames", "background_frames", "mask_frames")
+FRAME_TYPES = (np.ndarray, VideoFrames)
+"""What a frame field may be: frames in memory, or frames in their file."""
+
+
+def mask_from_rgb(frames: np.ndarray) -> np.ndarray:
+    """A mask video's RGB frame(s) ``(..., 3)`` back to 0/1: compression blurs the 0/255 edges slightly."""
+    return (frames.mean(axis=-1) >= 128).astype(np.uint8)
+
+
 def _check_frames(name: str, array: object, *, ndim: int):
-    if not isinstance(array, np.ndarray):
+    if not isinstance(array, FRAME_TYPES if ndim == 4 else np.ndarray):
         yield f"{name} must be a numpy array, got {type(array).__name__}"
     elif array.dtype != np.uint8:
         yield f"{name} must be uint8 RGB, got {array.dtype}"

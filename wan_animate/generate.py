@@ -1,9 +1,21 @@
-"""Generation: `Conditioning` -> frames -> video file, through diffusers' `WanAnimatePipeline`.
+"""Generation: `Conditioning` -> frames -> video file, one segment at a time.
 
-The pipeline generates the clip in segments of 77 frames; each later segment is conditioned on the last 1
-(or 5) generated frames of the one before (contract: "Size, frame rate, segments"). This module adds what a
-product needs around that call: defaults from the contract, seeds, progress over all segments, cancellation
-that frees GPU memory, LoRA switches, colour consistency across segments, and the video file.
+Wan2.2-Animate generates a clip in segments of 77 frames; each later segment is conditioned on the last 1 (or
+5) generated frames of the one before (contract: "Size, frame rate, segments"). The segment loop here runs
+the pipeline's components on one segment at a time (`wan_animate.segments`), with the results of
+`WanAnimatePipeline.__call__` for the same seed, and adds what a product needs around it:
+
+* memory that does not grow with the clip: only the current segment's conditioning frames are tensors (the
+  next segment's are read and preprocessed on a worker thread while the GPU works), and every finished segment
+  leaves for the video file at once;
+* the video streamed out: each segment is encoded on a worker thread while the GPU goes on, and the output mp4
+  (with the driving video's sound) is re-assembled after every segment, so it always holds every finished one;
+* a checkpoint after every segment (`wan_animate.checkpoint`): a job stopped by a crash, a cancel, a lost GPU
+  or a time budget (``max_segments``, ``deadline``) goes on from its last finished segment, with the video an
+  uninterrupted run gives;
+* progress over the whole job (every phase of every segment, with the time left), cancellation within one
+  step that frees GPU memory, seeds, LoRA switches, the job's scheduler and step cache, colour matching at
+  the segment boundaries.
 """
 
 from __future__ import annotations
@@ -11,23 +23,27 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
+import shutil
+import statistics
+import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
-from color_matcher.mvgd_matcher import TransferMVGD
-from PIL import Image
 
+from .checkpoint import Checkpoint, job_fingerprint, segment_file
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
 from .lora import RELIGHT_ADAPTER, load_relighting_lora, loaded_adapters, set_lora_weights
-from .progress import ProgressCallback
-from .video import write_video
+from .progress import ProgressCallback, format_minutes
+from .segments import SegmentModel, SegmentPlan, match_colors
+from .video import concat_videos, write_video
 
 if TYPE_CHECKING:
     from diffusers import WanAnimatePipeline
@@ -72,8 +88,8 @@ class GenerationSettings:
             Replacement, off in Animation.
         relight_weight: Strength of the relighting LoRA.
         lora_weights: Weights of other LoRA adapters already loaded on the pipeline, by adapter name.
-        color_match: Match each segment's colours to the end of the segment before (reduces drift at
-            segment boundaries in long clips).
+        color_match: Match each segment's colours to the frames it continues from, before its last frames
+            condition the next segment (reduces drift at segment boundaries in long clips; `segments.match_colors`).
         scheduler: A schedule for this job instead of the model's own (the fast preset's); ``None`` keeps the
             model's scheduler with ``flow_shift``.
         step_cache: Opt-in step cache for this job only (`wan_animate.caching.STEP_CACHES`): ``first_block``,
@@ -124,88 +140,14 @@ class GenerationSettings:
         check_step_cache_name(self.step_cache)
 
 
-@dataclass(frozen=True)
-class GenerationResult:
-    """Output of `generate`.
-
-    Attributes:
-        frames: ``(T, H, W, 3)`` uint8 RGB frames, as many as the conditioning has.
-        fps: Frame rate (the conditioning's).
-        seed: Seed actually used.
-        seconds: Wall-clock time of the job.
-        video_path: The mp4 written by `generate_video`, else ``None``.
-    """
-
-    frames: np.ndarray
-    fps: float
-    seed: int
-    seconds: float
-    video_path: Path | None = None
-
-
-def plan_segments(num_frames: int, segment_frames: int = 77, overlap_frames: int = 1) -> list[tuple[int, int]]:
-    """Output frame range ``[start, end)`` that each generated segment contributes, in order.
-
-    Mirrors `WanAnimatePipeline.__call__`: segment k starts at ``k * (segment_frames - overlap_frames)``;
-    every segment after the first drops its first ``overlap_frames`` frames (they re-create the frames it
-    was conditioned on). The last segment is padded by the pipeline and cut back to ``num_frames`` here.
-    """
-    effective = segment_frames - overlap_frames
-    padded = max(num_frames, overlap_frames + 1)
-    remainder = (padded - overlap_frames) % effective
-    num_segments = (padded + (effective - remainder if remainder else 0)) // effective
-    ranges = []
-    for k in range(num_segments):
-        start = 0 if k == 0 else k * effective + overlap_frames
-        end = min(k * effective + segment_frames, num_frames)
-        if start < end:
-            ranges.append((start, end))
-    return ranges
-
-
-def match_segment_colors(frames: np.ndarray, segments: list[tuple[int, int]], reference_frames: int = 1) -> np.ndarray:
-    """Match each segment's colour statistics to the frames just before it.
-
-    For every segment after the first, a colour transfer (Monge-Kantorovich linearisation, from
-    `color-matcher`) is fitted from the segment's first ``reference_frames`` frames to the (already
-    corrected) last ``reference_frames`` frames of the previous segment, and that one affine map is applied
-    to the whole segment, so colour changes inside a segment are kept while the jump at its start goes.
-
-    Args:
-        frames: ``(T, H, W, 3)`` uint8 frames.
-        segments: Output of `plan_segments`.
-        reference_frames: How many frames on each side of a boundary define the statistics.
-
-    Returns:
-        Corrected uint8 frames (a new array).
-    """
-    out = frames.astype(np.float64)
-    for (prev_start, prev_end), (start, end) in zip(segments, segments[1:]):
-        n = min(reference_frames, prev_end - prev_start, end - start)
-        reference = out[prev_end - n : prev_end].reshape(-1, frames.shape[2], 3)
-        source = out[start : start + n].reshape(-1, frames.shape[2], 3)
-        matcher = TransferMVGD(method="mkl")
-        matcher.multivar_transfer(src=source, ref=reference)
-        pixels = out[start:end].reshape(-1, 3).T
-        mapped = matcher.transfer_mat @ (pixels - matcher.mu_r) + matcher.mu_z
-        out[start:end] = mapped.T.reshape(out[start:end].shape)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def _pad_frames(frames: np.ndarray, count: int) -> np.ndarray:
-    """Repeat the last frame until there are ``count`` frames (the pipeline needs more than the overlap)."""
-    if len(frames) >= count:
-        return frames
-    return np.concatenate([frames, np.repeat(frames[-1:], count - len(frames), axis=0)])
-
-
-def _to_pil(frames: np.ndarray, mode: str = "RGB") -> list[Image.Image]:
-    return [Image.fromarray(frame, mode=mode) for frame in frames]
+def _relight_on(conditioning: Conditioning, settings: GenerationSettings) -> bool:
+    """Whether the job uses the relighting LoRA: as set, else in Replacement only."""
+    return settings.relight if settings.relight is not None else conditioning.mode == "replace"
 
 
 def _apply_loras(pipeline: "WanAnimatePipeline", conditioning: Conditioning, settings: GenerationSettings) -> None:
     """Switch the LoRA adapters for this job: relighting by mode unless set, plus the named others."""
-    relight = settings.relight if settings.relight is not None else conditioning.mode == "replace"
+    relight = _relight_on(conditioning, settings)
     loaded = loaded_adapters(pipeline)
     if relight and RELIGHT_ADAPTER not in loaded:
         load_relighting_lora(pipeline)
@@ -272,137 +214,695 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def generate(
-    pipeline: "WanAnimatePipeline",
-    conditioning: Conditioning,
-    settings: GenerationSettings | None = None,
-    *,
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-) -> GenerationResult:
-    """Generate the frames of one job.
+def estimate_steps(num_frames: int, settings: GenerationSettings) -> int:
+    """Total denoising steps a job will run (segments x steps), for time estimates."""
+    return SegmentPlan(num_frames, settings.segment_frames, settings.overlap_frames).num_segments * settings.num_inference_steps
 
-    Args:
-        pipeline: A loaded `WanAnimatePipeline` (see `wan_animate.models.load_pipeline`).
-        conditioning: Model-ready inputs; its mode selects Animation or Replacement.
-        settings: Job settings; contract defaults when ``None``.
-        progress: Called after every denoising step as ``progress(step, total, description)``, counting
-            the steps of all segments together.
-        cancel: When set, generation stops at the next step, GPU memory is freed and
-            `GenerationCancelled` is raised.
 
-    Returns:
-        The frames, trimmed to the conditioning's frame count, with the seed used.
+# -- What a job reports --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Output of `generate` and `generate_video`.
+
+    Attributes:
+        fps: Frame rate (the conditioning's).
+        seed: Seed used.
+        seconds: Wall-clock time of this call.
+        num_frames: Frames generated so far (cut to the clip); ``total_frames`` when complete.
+        total_frames: Frames of the whole clip.
+        width: Frame width.
+        height: Frame height.
+        segments_done: Segments finished so far (in this call and the calls before it).
+        segments_total: Segments of the whole job.
+        video_path: The mp4 (H.264 + the driving audio) holding every finished segment (`generate_video`),
+            ``None`` from `generate` or when no segment is finished yet.
+        frames: ``(num_frames, H, W, 3)`` uint8 RGB frames; only `generate` keeps them in memory.
     """
-    settings = settings or GenerationSettings()
-    settings.check()
-    conditioning.validate()
-    started = time.perf_counter()
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    segments = plan_segments(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
-    total_steps = len(segments) * settings.num_inference_steps
-    steps_done = 0
 
-    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        nonlocal steps_done
-        steps_done += 1
-        if progress is not None:
-            segment = (steps_done - 1) // settings.num_inference_steps + 1
-            progress(
-                steps_done,
-                total_steps,
-                f"Segment {segment}/{len(segments)}, step {step + 1}/{settings.num_inference_steps}",
-            )
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("Generation was cancelled.")
-        return {}
+    fps: float
+    seed: int
+    seconds: float
+    num_frames: int
+    total_frames: int
+    width: int
+    height: int
+    segments_done: int
+    segments_total: int
+    video_path: Path | None = None
+    frames: np.ndarray | None = None
 
-    _apply_loras(pipeline, conditioning, settings)
-    needed = settings.overlap_frames + 1
-    pose = _pad_frames(conditioning.pose_frames, needed)
-    extra = {}
-    if conditioning.mode == "replace":
-        extra = {
-            "background_video": _to_pil(_pad_frames(conditioning.background_frames, needed)),
-            "mask_video": _to_pil(_pad_frames(conditioning.mask_frames, needed) * 255, mode="L"),
-        }
-    logger.info(
-        "Generating %d frames (%dx%d, %s) in %d segment(s) x %d steps, seed %d",
-        conditioning.num_frames, conditioning.width, conditioning.height, conditioning.mode,
-        len(segments), settings.num_inference_steps, seed,
-    )
+    @property
+    def complete(self) -> bool:
+        """Whether every segment is done (``False`` after ``max_segments`` or ``deadline`` stopped the call)."""
+        return self.segments_done == self.segments_total
+
+
+@dataclass(frozen=True)
+class SegmentUpdate:
+    """Handed to ``on_segment`` after every finished segment, once the output mp4 holds it.
+
+    Attributes:
+        index: The segment (from 0).
+        segments_total: Segments of the whole job.
+        frames_done: Output frames finished, this segment's included.
+        total_frames: Frames of the whole clip.
+        video_path: The growing mp4, re-assembled (not re-encoded) with every finished segment.
+        seconds: This segment's wall time (GPU side: preparing, encoding, steps, decoding).
+        step_seconds: Median seconds of a denoising step in this call.
+    """
+
+    index: int
+    segments_total: int
+    frames_done: int
+    total_frames: int
+    video_path: Path
+    seconds: float
+    step_seconds: float
+
+
+@dataclass
+class SegmentTimes:
+    """Measured seconds of one segment (stored in the checkpoint, used for estimates).
+
+    Attributes:
+        inputs: Waiting for the segment's conditioning frames (read and preprocessed on a worker thread while
+            the previous segment ran: the part that did not overlap).
+        encode: VAE encodes of the skeleton frames and the conditioning video.
+        steps: Each denoising step.
+        decode: VAE decode, colour matching and the copy of the frames to the host.
+        write: Encoding the segment's mp4 and re-assembling the output (on a worker thread, overlapping the
+            next segment).
+        total: Wall time of the segment on the main thread.
+    """
+
+    inputs: float = 0.0
+    encode: float = 0.0
+    steps: list[float] = field(default_factory=list)
+    decode: float = 0.0
+    write: float = 0.0
+    total: float = 0.0
+
+
+def estimate_segment_seconds(times: Sequence[SegmentTimes], num_inference_steps: int) -> float | None:
+    """Seconds one more segment will take, with writing it, from measured segments; ``None`` without any.
+
+    Medians, so a first segment that compiled the transformer or warmed up the GPU does not count double.
+    """
+    if not times:
+        return None
+    step = statistics.median(seconds for segment in times for seconds in segment.steps)
+    rest = statistics.median(segment.total - sum(segment.steps) for segment in times)
+    return step * num_inference_steps + rest + statistics.median(segment.write for segment in times)
+
+
+# -- Progress over the whole job -------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """Internal: the cancel event was seen (turned into `GenerationCancelled` once the tensors are dropped)."""
+
+
+class _JobProgress:
+    """Progress over the whole job: every phase of every segment, weighted by its estimated seconds.
+
+    ``done / total`` (per mille) is the share of the job's estimated time that is behind it; it never goes
+    back when the estimates change. Until a step was measured, a step, an encode and a decode count alike.
+    After every report the cancel event is checked, so a job stops within one step.
+    """
+
+    TOTAL = 1000
+
+    def __init__(
+        self,
+        callback: ProgressCallback | None,
+        cancel: threading.Event | None,
+        plan: SegmentPlan,
+        num_inference_steps: int,
+        first_segment: int,
+        history: list[SegmentTimes],
+    ) -> None:
+        self.callback = callback
+        self.cancel = cancel
+        self.num_segments = plan.num_segments
+        self.num_steps = num_inference_steps
+        self.history = history
+        self.steps_done = first_segment * num_inference_steps
+        self.reported = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_segments * self.num_steps
+
+    def _seconds(self) -> tuple[float, float, float, float]:
+        """Estimated seconds of a step, a segment's encode, its decode and the final write."""
+        steps = [seconds for segment in self.history for seconds in segment.steps]
+        if not steps:
+            return 1.0, 1.0, 1.0, 1.0
+        step = statistics.median(steps)
+        encode = statistics.median(segment.inputs + segment.encode for segment in self.history)
+        decode = statistics.median(segment.decode for segment in self.history)
+        return step, encode, decode, statistics.median(segment.write for segment in self.history)
+
+    def _report(self, segment: int, behind: float, text: str, *, may_stop: bool = True) -> None:
+        """Report ``text`` of segment ``segment`` (from 0) with ``behind`` estimated seconds of it done."""
+        step, encode, decode, write = self._seconds()
+        per_segment = encode + self.num_steps * step + decode
+        total = self.num_segments * per_segment + write
+        done = segment * per_segment + behind
+        self.reported = max(self.reported, min(self.TOTAL, round(self.TOTAL * done / total)))
+        description = f"Segment {segment + 1}/{self.num_segments} · {text}"
+        if self.history:
+            description += f" · {format_minutes(max(0.0, total - done))} left"
+        if self.callback is not None:
+            self.callback(self.reported, self.TOTAL, description)
+        if may_stop and self.cancel is not None and self.cancel.is_set():
+            raise _Stopped()
+
+    def encoding(self, segment: int) -> None:
+        self._report(segment, 0.0, "encoding")
+
+    def step(self, segment: int, step: int) -> None:
+        self.steps_done += 1
+        seconds, encode, _, _ = self._seconds()
+        self._report(segment, encode + (step + 1) * seconds, f"step {step + 1}/{self.num_steps}")
+
+    def decoding(self, segment: int) -> None:
+        seconds, encode, _, _ = self._seconds()
+        self._report(segment, encode + self.num_steps * seconds, "decoding")
+
+    def writing(self, segments_done: int) -> None:
+        """The last phase, after the last segment of the call: nothing is left to stop."""
+        step, encode, decode, _ = self._seconds()
+        self._report(segments_done - 1, encode + self.num_steps * step + decode, "writing the video", may_stop=False)
+
+    def finished(self, segments_done: int) -> None:
+        """The video is written; when that was the job's last segment, the bar is full."""
+        if segments_done == self.num_segments and self.callback is not None:
+            self.reported = self.TOTAL
+            self.callback(self.TOTAL, self.TOTAL, f"Segment {self.num_segments}/{self.num_segments} · done")
+
+
+# -- Where finished segments go ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """A finished segment, as the loop hands it to the job's output."""
+
+    index: int
+    frames: np.ndarray
+    overlap: torch.Tensor
+    generator_state: torch.Tensor
+    times: SegmentTimes
+    step_seconds: float
+
+
+class _Output:
+    """Where the loop hands its finished segments; this base drops them (the followers of a context-parallel
+    run: the leader writes the frames)."""
+
+    def add(self, segment: _Segment) -> None:
+        """Take a finished segment (main thread; the work may go on on a worker thread)."""
+
+    def poll(self) -> None:
+        """Report what a worker finished (main thread, called at every step)."""
+
+    def finish(self) -> None:
+        """Wait for everything handed over; raise what a worker raised."""
+
+
+class _FramesInMemory(_Output):
+    """`generate`'s output: the frames of every segment, kept."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def add(self, segment: _Segment) -> None:
+        self.frames.append(segment.frames)
+
+
+class _VideoOutput(_Output):
+    """`generate_video`'s output: each segment encoded on a worker thread, the mp4 re-assembled, a checkpoint.
+
+    For every segment, in order, the worker writes ``segment_NNNN.mp4`` into the state folder, joins every
+    finished segment's mp4 with the driving audio into the output (`concat_videos`: packets copied, the file
+    replaced whole), then replaces the checkpoint, so the checkpoint never names a segment whose file is not
+    written. ``on_segment`` is called on the main thread once the output holds the segment.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        state_dir: Path,
+        conditioning: Conditioning,
+        plan: SegmentPlan,
+        *,
+        fingerprint: str,
+        seed: int,
+        history: list[SegmentTimes],
+        on_segment: Callable[[SegmentUpdate], None] | None,
+    ) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self.conditioning = conditioning
+        self.plan = plan
+        self.fingerprint = fingerprint
+        self.seed = seed
+        self.history = history
+        self.on_segment = on_segment
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan_animate_writer")
+        self.pending: list[Future] = []
+
+    def assemble(self, segments_done: int) -> Path:
+        """Join the first ``segments_done`` segments' mp4s with the driving audio into the output."""
+        return concat_videos(
+            self.path,
+            [segment_file(self.state_dir, index) for index in range(segments_done)],
+            audio_source=self.conditioning.audio_source,
+            audio_start=self.conditioning.audio_start,
+        )
+
+    MAX_PENDING = 2
+    """Segments waiting for the writer at most; more waits for it, so a slow writer cannot fill host memory."""
+
+    def add(self, segment: _Segment) -> None:
+        if len(self.pending) >= self.MAX_PENDING:
+            self.pending[0].exception()  # wait for the oldest
+            self.poll()
+        self.pending.append(self.worker.submit(self._write, segment))
+
+    def _write(self, segment: _Segment) -> SegmentUpdate:
+        started = time.perf_counter()
+        write_video(segment_file(self.state_dir, segment.index), segment.frames, self.conditioning.fps)
+        self.assemble(segment.index + 1)
+        segment.times.write = time.perf_counter() - started
+        Checkpoint(
+            fingerprint=self.fingerprint,
+            seed=self.seed,
+            segments_done=segment.index + 1,
+            segments_total=self.plan.num_segments,
+            overlap=segment.overlap,
+            generator_state=segment.generator_state,
+            times=[asdict(times) for times in self.history[: segment.index + 1]],
+        ).save(self.state_dir)
+        return SegmentUpdate(
+            index=segment.index,
+            segments_total=self.plan.num_segments,
+            frames_done=self.plan.frames_done(segment.index + 1),
+            total_frames=self.plan.num_frames,
+            video_path=self.path,
+            seconds=segment.times.total,
+            step_seconds=segment.step_seconds,
+        )
+
+    def poll(self) -> None:
+        while self.pending and self.pending[0].done():
+            update = self.pending.pop(0).result()
+            if self.on_segment is not None:
+                self.on_segment(update)
+
+    def finish(self) -> None:
+        for future in list(self.pending):
+            future.exception()  # wait
+        self.poll()
+
+    def close(self) -> None:
+        """After an error or a cancel: let the worker finish what it has (finished segments are kept)."""
+        self.worker.shutdown(wait=True)
+        for future in self.pending:
+            if future.exception() is not None:
+                logger.error("Writing segment failed too: %s", future.exception())
+
+
+# -- The segment loop --------------------------------------------------------------------------------------
+
+
+def _frame_settings(conditioning: Conditioning, settings: GenerationSettings) -> dict[str, Any]:
+    """The settings that change a job's frames, as plain values (for its fingerprint); not the seed."""
+    relight = _relight_on(conditioning, settings)
+    return {
+        "steps": settings.num_inference_steps,
+        "guidance": settings.guidance_scale,
+        "flow_shift": settings.flow_shift if settings.scheduler is None else None,
+        "scheduler": None if settings.scheduler is None else repr(settings.scheduler),
+        "overlap": settings.overlap_frames,
+        "segment_frames": settings.segment_frames,
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt if settings.guidance_scale > 1 else None,
+        "relight_weight": settings.relight_weight if relight else 0.0,
+        "lora_weights": settings.lora_weights,
+        "color_match": settings.color_match,
+        "step_cache": settings.step_cache,
+        "step_cache_options": settings.step_cache_options,
+    }
+
+
+def _fingerprint(conditioning: Conditioning, settings: GenerationSettings) -> str:
+    return job_fingerprint(conditioning, _frame_settings(conditioning, settings))
+
+
+def load_checkpoint(state_dir: str | Path, conditioning: Conditioning, settings: GenerationSettings) -> Checkpoint | None:
+    """This job's checkpoint in ``state_dir``, or ``None`` when the folder holds none (a job to start).
+
+    With ``settings.seed`` set it must be the stored job's; ``None`` takes the stored one.
+
+    Raises:
+        WanAnimateError: The folder holds another job's state (other conditioning, settings or seed).
+    """
+    return Checkpoint.load(state_dir, fingerprint=_fingerprint(conditioning, settings), seed=settings.seed)
+
+
+class _Stopwatch:
+    """Seconds between laps, the device's queued work included: a lap waits for the GPU (kernels run
+    asynchronously, so without the wait a phase's time would land in the next one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mark = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        seconds, self.mark = now - self.mark, now
+        return seconds
+
+    def restart(self) -> None:
+        """Leave out the time since the last lap (a progress report between two steps)."""
+        self.mark = time.perf_counter()
+
+
+def _run_segments(
+    pipeline: WanAnimatePipeline,
+    conditioning: Conditioning,
+    settings: GenerationSettings,
+    output: _Output,
+    *,
+    seed: int,
+    resume: Checkpoint | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    max_segments: int | None,
+    deadline: float | None,
+    history: list[SegmentTimes],
+) -> int:
+    """Generate the job's segments from the first one not done; returns the segments done in all.
+
+    Sets the job up on the pipeline (LoRA weights, scheduler, step cache; all put back afterwards), runs
+    `_segment_loop`, and turns a cancel into `GenerationCancelled` once the segment's tensors are gone.
+    ``history`` holds the measured times of the finished segments (from ``resume``) and gets this call's.
+    """
+    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    first = resume.segments_done if resume is not None else 0
+    last = plan.num_segments if max_segments is None else min(plan.num_segments, first + max_segments)
+    if first >= last:
+        return first
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    if resume is not None:
+        generator.set_state(resume.generator_state)
+    tracker = _JobProgress(progress, cancel, plan, settings.num_inference_steps, first, history)
+    model = SegmentModel(
+        pipeline, conditioning, plan,
+        num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale, generator=generator,
+    )
+    _apply_loras(pipeline, conditioning, settings)
     own_scheduler = _use_job_scheduler(pipeline, settings, generator)
     from .caching import disable_step_cache, enable_step_cache
 
     job_cache = settings.step_cache != "none"
+    stopped = False
     try:
         if job_cache:
             enable_step_cache(
                 pipeline.transformer, settings.step_cache, num_inference_steps=settings.num_inference_steps,
                 **settings.step_cache_options,
             )
-        embeds, negative_embeds = prompt_embeddings(
-            pipeline, settings.prompt, settings.negative_prompt if settings.guidance_scale > 1 else None
-        )
-        output = pipeline(
-            image=Image.fromarray(conditioning.reference_image),
-            pose_video=_to_pil(pose),
-            face_video=_to_pil(_pad_frames(conditioning.face_frames, needed)),
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative_embeds,
-            height=conditioning.height,
-            width=conditioning.width,
-            segment_frame_length=settings.segment_frames,
-            num_inference_steps=settings.num_inference_steps,
-            mode=conditioning.mode,
-            prev_segment_conditioning_frames=settings.overlap_frames,
-            guidance_scale=settings.guidance_scale,
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=on_step_end,
-            **extra,
-        )
-    except GenerationCancelled:
-        pipeline.maybe_free_model_hooks()
-        free_memory()
-        logger.info("Generation cancelled after %d of %d steps", steps_done, total_steps)
-        raise
+        done = _segment_loop(model, settings, output, tracker, resume, range(first, last), deadline, history)
+    except _Stopped:
+        stopped = True
     finally:
         pipeline.scheduler = own_scheduler
         if job_cache:
             disable_step_cache(pipeline.transformer)
-    frames = np.asarray(output.frames[0])[: conditioning.num_frames]
-    frames = np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
-    if settings.color_match and len(segments) > 1:
-        frames = match_segment_colors(frames, segments, reference_frames=max(settings.overlap_frames, 1))
-    return GenerationResult(frames=frames, fps=conditioning.fps, seed=seed, seconds=time.perf_counter() - started)
+        pipeline.maybe_free_model_hooks()
+    if stopped:  # here, outside the handler: no traceback keeps the stopped segment's tensors alive
+        free_memory()
+        output.finish()
+        logger.info("Generation cancelled after step %d of %d", tracker.steps_done, tracker.total_steps)
+        raise GenerationCancelled(f"Stopped after step {tracker.steps_done} of {tracker.total_steps}.")
+    return done
+
+
+@torch.no_grad()
+def _segment_loop(
+    model: SegmentModel,
+    settings: GenerationSettings,
+    output: _Output,
+    tracker: _JobProgress,
+    resume: Checkpoint | None,
+    segments: range,
+    deadline: float | None,
+    history: list[SegmentTimes],
+) -> int:
+    """Every segment: wait for its conditioning frames (prepared on a worker thread while the previous segment
+    ran) and start on the next one's, encode, denoise, decode, match colours, hand the frames to ``output``.
+
+    Progress is reported at every phase and step (the same calls on every rank of a context-parallel run,
+    which agree on stopping through them); the cancel event is checked after each report.
+    """
+    this_call: list[float] = []  # step seconds measured in this call
+    done = segments.start
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan_animate_inputs") as inputs_worker:
+        next_inputs = inputs_worker.submit(model.load_inputs, segments.start)
+        try:
+            embeds = prompt_embeddings(
+                model.pipeline, settings.prompt, settings.negative_prompt if settings.guidance_scale > 1 else None
+            )
+            job = model.prepare_job(*embeds)
+            previous = None if resume is None or resume.overlap is None else resume.overlap.to(model.device)
+            for index in segments:
+                estimate = estimate_segment_seconds(history, settings.num_inference_steps)
+                if deadline is not None and estimate is not None and time.monotonic() + estimate > deadline:
+                    logger.info("Stopping before segment %d: it would end after the deadline (~%.0f s)", index + 1, estimate)
+                    break
+                times = SegmentTimes()
+                started = time.perf_counter()
+                watch = _Stopwatch(model.device)
+                tracker.encoding(index)
+                inputs = next_inputs.result()
+                if index + 1 < segments.stop:
+                    next_inputs = inputs_worker.submit(model.load_inputs, index + 1)
+                times.inputs = watch.lap()
+                encoded = model.encode(job, inputs, previous)
+                del inputs
+                times.encode = watch.lap()
+
+                def on_step(step: int) -> None:
+                    times.steps.append(watch.lap())
+                    this_call.append(times.steps[-1])
+                    output.poll()
+                    tracker.step(index, step)
+                    watch.restart()
+
+                latents = model.denoise(job, encoded, on_step)
+                del encoded
+                tracker.decoding(index)
+                watch.restart()
+                video = model.decode(latents)
+                del latents
+                if settings.color_match and previous is not None:
+                    video = match_colors(video, previous, settings.overlap_frames)
+                previous = video[:, :, -settings.overlap_frames :].clone()
+                frames = model.output_frames(index, video)
+                del video
+                times.decode = watch.lap()
+                times.total = time.perf_counter() - started
+                history.append(times)
+                output.add(
+                    _Segment(
+                        index=index, frames=frames, overlap=previous.cpu(), generator_state=model.generator.get_state(),
+                        times=times, step_seconds=statistics.median(this_call),
+                    )
+                )
+                done = index + 1
+            tracker.writing(done)
+            output.finish()
+            tracker.finished(done)
+        finally:
+            next_inputs.cancel()
+    return done
+
+
+def _check_job(conditioning: Conditioning, settings: GenerationSettings, max_segments: int | None) -> None:
+    settings.check()
+    conditioning.validate()
+    if max_segments is not None and max_segments < 1:
+        raise WanAnimateError(f"max_segments must be at least 1, got {max_segments}.")
+
+
+def generate(
+    pipeline: WanAnimatePipeline,
+    conditioning: Conditioning,
+    settings: GenerationSettings | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
+    """Generate the frames of one job, kept in memory (short clips, tests); `generate_video` streams them out.
+
+    Args:
+        pipeline: A loaded `WanAnimatePipeline` (see `wan_animate.models.load_pipeline`).
+        conditioning: Model-ready inputs; its mode selects Animation or Replacement.
+        settings: Job settings; contract defaults when ``None``.
+        progress: Called as ``progress(done, total, description)`` at every phase and step of every segment
+            (``done / total``: the share of the job's estimated time behind it).
+        cancel: When set, generation stops after the current step, GPU memory is freed and
+            `GenerationCancelled` ("Stopped after step k of N") is raised.
+
+    Returns:
+        The frames, as many as the conditioning has, with the seed used.
+    """
+    settings = settings or GenerationSettings()
+    _check_job(conditioning, settings, None)
+    started = time.perf_counter()
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    _log_start(conditioning, settings, plan, seed, 0)
+    output = _FramesInMemory()
+    _run_segments(
+        pipeline, conditioning, settings, output, seed=seed, resume=None, progress=progress, cancel=cancel,
+        max_segments=None, deadline=None, history=[],
+    )
+    return GenerationResult(
+        fps=conditioning.fps, seed=seed, seconds=time.perf_counter() - started,
+        num_frames=conditioning.num_frames, total_frames=conditioning.num_frames,
+        width=conditioning.width, height=conditioning.height,
+        segments_done=plan.num_segments, segments_total=plan.num_segments,
+        frames=np.concatenate(output.frames),
+    )
 
 
 def generate_video(
-    pipeline: "WanAnimatePipeline",
+    pipeline: WanAnimatePipeline,
     conditioning: Conditioning,
     output_path: str | Path,
     settings: GenerationSettings | None = None,
     *,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    state_dir: str | Path | None = None,
+    max_segments: int | None = None,
+    deadline: float | None = None,
+    on_segment: Callable[[SegmentUpdate], None] | None = None,
 ) -> GenerationResult:
-    """`generate`, then write an H.264 mp4 at the conditioning's fps with the driving video's sound."""
-    result = generate(pipeline, conditioning, settings, progress=progress, cancel=cancel)
-    path = write_video(
-        output_path,
-        result.frames,
-        result.fps,
-        audio_source=conditioning.audio_source,
-        audio_start=conditioning.audio_start,
+    """Generate one job into an H.264 mp4 with the driving video's sound, segment by segment, resumably.
+
+    Each segment is written as soon as it is decoded, on a worker thread while the GPU goes on; after each,
+    ``output_path`` is replaced by an mp4 that holds every finished segment. With ``state_dir`` the job can
+    stop and go on: a call with the same job and folder continues from the last finished segment and gives the
+    same video as one uninterrupted run.
+
+    Args:
+        pipeline: A loaded `WanAnimatePipeline`.
+        conditioning: Model-ready inputs (`Conditioning.open` keeps host memory flat in the clip's length).
+        output_path: The mp4 to write.
+        settings: Job settings; contract defaults when ``None``. Resuming with ``seed=None`` takes the
+            stored job's seed.
+        progress: As for `generate`; the last phase is writing the video.
+        cancel: As for `generate`; finished segments stay in the mp4 and in ``state_dir``.
+        state_dir: The job's checkpoint folder (segment mp4s and `Checkpoint`): resumed when it holds this
+            job's state, started when empty. ``None``: a temporary folder, removed at the end (not resumable).
+        max_segments: Stop (resumably) after this many segments in this call.
+        deadline: A `time.monotonic` value: a segment that would end after it (estimated from the segments
+            measured so far, also in earlier calls) is not started; the first segment of a job with no
+            measurements always is. Not with several GPUs (the processes could disagree): use ``max_segments``.
+        on_segment: Called on this thread after each finished segment, once the mp4 holds it.
+
+    Returns:
+        The result; ``complete`` is ``False`` when ``max_segments`` or ``deadline`` stopped the call (call
+        again with the same ``state_dir`` to go on).
+
+    Raises:
+        WanAnimateError: Invalid settings or conditioning, or ``state_dir`` holds another job's state.
+        GenerationCancelled: ``cancel`` was set.
+    """
+    settings = settings or GenerationSettings()
+    _check_job(conditioning, settings, max_segments)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if deadline is not None and distributed and torch.distributed.get_world_size() > 1:
+        raise WanAnimateError("A deadline cannot be used with several GPUs (they could stop at different segments); use max_segments.")
+    started = time.perf_counter()
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    temporary = state_dir is None
+    folder = Path(tempfile.mkdtemp(prefix=f".{output_path.stem}.segments.", dir=output_path.parent)) if temporary else Path(state_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fingerprint = _fingerprint(conditioning, settings)
+        resume = Checkpoint.load(folder, fingerprint=fingerprint, seed=settings.seed)
+        seed = resume.seed if resume is not None else settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+        history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
+        output = _VideoOutput(
+            output_path, folder, conditioning, plan,
+            fingerprint=fingerprint, seed=seed, history=history, on_segment=on_segment,
+        )
+        _log_start(conditioning, settings, plan, seed, resume.segments_done if resume is not None else 0)
+        try:
+            if resume is not None:
+                output.assemble(resume.segments_done)  # the output holds the finished segments from the start
+            done = _run_segments(
+                pipeline, conditioning, settings, output, seed=seed, resume=resume, progress=progress, cancel=cancel,
+                max_segments=max_segments, deadline=deadline, history=history,
+            )
+        finally:
+            output.close()
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+    return GenerationResult(
+        fps=conditioning.fps, seed=seed, seconds=time.perf_counter() - started,
+        num_frames=plan.frames_done(done), total_frames=conditioning.num_frames,
+        width=conditioning.width, height=conditioning.height,
+        segments_done=done, segments_total=plan.num_segments,
+        video_path=output_path if done > 0 else None,
     )
-    return GenerationResult(frames=result.frames, fps=result.fps, seed=result.seed, seconds=result.seconds, video_path=path)
 
 
-def estimate_steps(num_frames: int, settings: GenerationSettings) -> int:
-    """Total denoising steps a job will run (segments x steps), for time estimates."""
-    return len(plan_segments(num_frames, settings.segment_frames, settings.overlap_frames)) * settings.num_inference_steps
+def follow_job(
+    pipeline: WanAnimatePipeline,
+    conditioning: Conditioning,
+    settings: GenerationSettings,
+    *,
+    resume: Checkpoint | None = None,
+    max_segments: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Run a job's segments and drop the frames: the other ranks of a context-parallel run, whose leader writes.
+
+    The same loop as `generate_video`'s, from the leader's ``resume`` state and ``max_segments``, with the same
+    progress calls (through which the ranks agree on stopping). Returns the segments done in all.
+    """
+    _check_job(conditioning, settings, max_segments)
+    seed = resume.seed if resume is not None else settings.seed
+    if seed is None:
+        raise WanAnimateError("A followed job needs the leader's seed.")
+    history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
+    return _run_segments(
+        pipeline, conditioning, settings, _Output(), seed=seed, resume=resume, progress=progress, cancel=cancel,
+        max_segments=max_segments, deadline=None, history=history,
+    )
+
+
+def _log_start(conditioning: Conditioning, settings: GenerationSettings, plan: SegmentPlan, seed: int, done: int) -> None:
+    logger.info(
+        "Generating %d frames (%dx%d, %s) in %d segment(s) x %d steps, seed %d%s",
+        conditioning.num_frames, conditioning.width, conditioning.height, conditioning.mode,
+        plan.num_segments, settings.num_inference_steps, seed, f", from segment {done + 1}" if done else "",
+    )
 
 
 __all__ = [
@@ -410,9 +910,12 @@ __all__ = [
     "GenerationResult",
     "GenerationSettings",
     "JobScheduler",
+    "SegmentTimes",
+    "SegmentUpdate",
+    "estimate_segment_seconds",
     "estimate_steps",
+    "follow_job",
     "generate",
     "generate_video",
-    "match_segment_colors",
-    "plan_segments",
+    "load_checkpoint",
 ]

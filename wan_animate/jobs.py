@@ -28,12 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .conditioning import MODES, Conditioning, Mode
 from .errors import WanAnimateError
 from .validation import check_trim
-from .video import read_video, write_side_by_side
+from .video import iter_video, probe_video, write_side_by_side
 
 logger = logging.getLogger("wan_animate")
 
@@ -163,34 +161,33 @@ class Job:
         (self.folder / RECORD_FILE).write_text(json.dumps(asdict(self.record), indent=2))
 
     def load_conditioning(self) -> Conditioning:
-        """The job's conditioning, read back from its folder.
+        """The job's conditioning, its videos left in their files (`Conditioning.open`: read per segment).
 
         Raises:
             WanAnimateError: The job was not preprocessed (or its files were cleaned up).
         """
         if not self.conditioning_dir.is_dir():
             raise WanAnimateError("This job has no extracted conditioning (it may have expired). Press Extract again.")
-        return Conditioning.load(self.conditioning_dir, mode=self.record.mode)
+        return Conditioning.open(self.conditioning_dir, mode=self.record.mode)
 
-    def write_side_by_side(self, frames: np.ndarray, fps: float, path: str | Path) -> Path:
-        """Write the driving clip (as trimmed and resampled for this job) beside ``frames``, with its sound.
+    def write_side_by_side(self, result: str | Path, path: str | Path) -> Path:
+        """Write the driving clip (as trimmed and resampled for this job) beside the result video, with its sound.
 
-        Both halves have ``len(frames)`` frames: the driving clip is decoded with the job's own trim and
-        frame rate, so frame ``t`` on the left is the frame that drove frame ``t`` on the right.
+        Both are decoded as the video is written, never held whole. The driving clip is decoded with the job's
+        own trim and frame rate, so frame ``t`` on the left is the frame that drove frame ``t`` of ``result``
+        on the right; the video has the result's frames and frame rate.
         """
-        height = frames.shape[1]
-        clip = read_video(
+        info = probe_video(result)
+        driving = iter_video(
             self.record.video,
             fps=self.record.fps,
             start=self.record.start,
             end=self.record.end,
             max_seconds=None,
-            size=lambda h, w: (height, max(2, round(w * height / h / 2) * 2)),
+            size=lambda h, w: (info.height, max(2, round(w * info.height / h / 2) * 2)),
         )
-        driving = clip.frames[: len(frames)]
-        if len(driving) < len(frames):  # a decoder that yields one frame fewer: hold the last one
-            driving = np.concatenate([driving, np.repeat(driving[-1:], len(frames) - len(driving), axis=0)])
-        return write_side_by_side(path, driving, frames, fps, audio_source=self.record.video, audio_start=self.record.start)
+        frames = iter_video(result, fps=None, max_seconds=None)
+        return write_side_by_side(path, driving, frames, info.fps, audio_source=self.record.video, audio_start=self.record.start)
 
 
 def new_job(

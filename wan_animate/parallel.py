@@ -29,10 +29,12 @@ latent frame 0, so both need nothing.
 
 Processes: started with ``torchrun --nproc-per-node N`` (or ``accelerate launch``), rank 0 runs the app or
 the CLI as usual and the other ranks run `run_follower`. For each job rank 0 calls `share_job`, which sends
-the job (conditioning and settings, seed drawn) to the followers; every rank then runs the same
-`wan_animate.generate.generate` with the same inputs and seed, so their latents stay identical, and only
-rank 0 writes files. After every denoising step rank 0 tells the followers whether to stop, so a
-cancellation (or an error in rank 0's progress callback) stops all ranks at the same step.
+the job (conditioning and settings, seed drawn, and the state of a job resumed from its checkpoint) to the
+followers; every rank then runs the same segment loop with the same inputs and seed (rank 0 through
+`wan_animate.generate.generate_video` or `generate`, the others through `wan_animate.generate.follow_job`),
+so their latents stay identical, and only rank 0 writes files. At every progress report (each phase and
+each denoising step) rank 0 tells the followers whether to stop, so a cancellation (or an error in rank 0's
+progress callback) stops all ranks at the same point.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 import torch
@@ -53,9 +56,10 @@ from diffusers import ContextParallelConfig
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput
 
+from .checkpoint import Checkpoint
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
-from .generate import GenerationSettings, generate
+from .generate import GenerationSettings, follow_job, load_checkpoint
 from .progress import ProgressCallback
 
 if TYPE_CHECKING:
@@ -501,9 +505,9 @@ class SharedJob(NamedTuple):
     """What the leader passes to `generate` / `generate_video` after `share_job`.
 
     Attributes:
-        settings: The job's settings with the seed fixed (the same on every rank).
-        progress: Reports to the caller's callback and synchronises the stop flag after every step.
-        cancel: Set on every rank at the same step when the leader's cancel event was set.
+        settings: The job's settings with the seed fixed (the same on every rank; a resumed job's own seed).
+        progress: Reports to the caller's callback and synchronises the stop flag at every report.
+        cancel: Set on every rank at the same report when the leader's cancel event was set.
     """
 
     settings: GenerationSettings
@@ -515,6 +519,8 @@ class SharedJob(NamedTuple):
 class _Job:
     conditioning: Conditioning
     settings: GenerationSettings
+    resume: Checkpoint | None = None
+    max_segments: int | None = None
 
 
 _STOP = "stop"
@@ -530,11 +536,12 @@ def _broadcast(parallel: ParallelContext, message: object = None) -> object:
 def _synchronised_steps(
     parallel: ParallelContext, progress: ProgressCallback | None, cancel: threading.Event | None
 ) -> tuple[ProgressCallback, threading.Event]:
-    """A progress callback that, after each step, agrees with every rank on whether to stop.
+    """A progress callback that, at each report, agrees with every rank on whether to stop.
 
-    `generate` calls it after every denoising step and then checks the returned event, so all ranks stop
-    at the same step: the leader when its ``cancel`` was set or its own ``progress`` raised (that error is
-    re-raised on the leader after the flag went out), the followers because the flag said so.
+    The segment loop reports at every phase and denoising step (the same reports on every rank) and then
+    checks the returned event, so all ranks stop at the same point: the leader when its ``cancel`` was set or
+    its own ``progress`` raised (that error is re-raised on the leader after the flag went out), the
+    followers because the flag said so.
     """
     stop_all = threading.Event()
 
@@ -563,15 +570,20 @@ def share_job(
     *,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    state_dir: str | Path | None = None,
+    max_segments: int | None = None,
 ) -> SharedJob:
     """On the leader: send one job to the followers; returns what to pass to `generate` / `generate_video`.
 
-    The settings are checked and the seed is drawn here, so every rank denoises the same noise. Without
+    The settings are checked and the seed is drawn here, so every rank denoises the same noise; a job that
+    goes on from its checkpoint in ``state_dir`` keeps its own seed, and the followers get the checkpoint
+    (the last frames and the generator's state), so every rank starts from the same segment. Without
     ``parallel`` (a single process) the inputs come back unchanged apart from that, so callers need no
     branch. Once per job, one job at a time, in this order on the leader: load the pipeline (and LoRAs),
-    `share_job`, `enable_context_parallel`, generate. Loading first means a failed load shares nothing;
-    enabling after sharing matters on the first job, as enabling is collective and the followers only
-    reach it once they have the job.
+    `share_job`, `enable_context_parallel`, generate (`generate_video` with the same ``state_dir`` and
+    ``max_segments``; a ``deadline`` is refused with several processes). Loading first means a failed load
+    shares nothing; enabling after sharing matters on the first job, as enabling is collective and the
+    followers only reach it once they have the job.
 
     Args:
         parallel: From `init_distributed`, or ``None``.
@@ -579,20 +591,26 @@ def share_job(
         settings: The job's settings; contract defaults when ``None``.
         progress: The caller's progress callback.
         cancel: The caller's cancel event.
+        state_dir: The job's checkpoint folder, as given to `generate_video`.
+        max_segments: As given to `generate_video`: every rank stops after as many segments.
 
     Raises:
-        WanAnimateError: The settings or the conditioning are invalid (nothing was sent).
+        WanAnimateError: The settings or the conditioning are invalid, or ``state_dir`` holds another job's
+            state (nothing was sent).
     """
     settings = settings or GenerationSettings()
     settings.check()
     conditioning.validate()
-    if settings.seed is None:
+    resume = load_checkpoint(state_dir, conditioning, settings) if state_dir is not None else None
+    if resume is not None:
+        settings = replace(settings, seed=resume.seed)
+    elif settings.seed is None:
         settings = replace(settings, seed=secrets.randbelow(2**31))
     if parallel is None:
         return SharedJob(settings, progress, cancel)
     if not parallel.is_leader:
         raise RuntimeError("share_job runs on rank 0; the other ranks run run_follower.")
-    _broadcast(parallel, _Job(conditioning, settings))
+    _broadcast(parallel, _Job(conditioning, settings, resume, max_segments))
     step, stop_all = _synchronised_steps(parallel, progress, cancel)
     return SharedJob(settings, step, stop_all)
 
@@ -601,8 +619,9 @@ def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePi
     """On ranks 1..N-1: run every job the leader shares until it calls `shutdown`.
 
     For each job it gets the pipeline from ``pipeline()`` (called per job: load it once, at start, exactly
-    as the leader does, LoRAs included), enables context parallelism, and runs `generate` with the job's
-    conditioning and settings; the frames are dropped (the leader has the same). A cancelled job or a
+    as the leader does, LoRAs included), enables context parallelism, and runs the job's segments with
+    `follow_job` (from the leader's checkpoint, up to its ``max_segments``); the frames are dropped (the
+    leader has the same). A cancelled job or a
     `WanAnimateError` ends the job on every rank alike, and any other error is logged: the leader met the
     same one, or it will find out when the collectives stall.
 
@@ -622,7 +641,10 @@ def run_follower(parallel: ParallelContext, pipeline: Callable[[], "WanAnimatePi
         try:
             follower_pipeline = pipeline()
             enable_context_parallel(follower_pipeline, parallel.options)
-            generate(follower_pipeline, message.conditioning, message.settings, progress=step, cancel=stop_all)
+            follow_job(
+                follower_pipeline, message.conditioning, message.settings,
+                resume=message.resume, max_segments=message.max_segments, progress=step, cancel=stop_all,
+            )
             completed += 1
         except (GenerationCancelled, WanAnimateError) as error:
             logger.info("Rank %d: job ended: %s", parallel.rank, error)

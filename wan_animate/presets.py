@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import WanAnimateError
 from .generate import GenerationSettings, estimate_steps
+from .progress import format_minutes
 
 if TYPE_CHECKING:
     import torch
@@ -359,13 +360,6 @@ def estimate_frames(duration: float, source_fps: float, fps: float | None, start
 def gpu_duration(seconds: float, *, minimum: int = 60) -> int:
     """A ZeroGPU ``duration`` (whole seconds) for an estimate: 20 % headroom, at least ``minimum``."""
     return max(minimum, math.ceil(seconds * 1.2))
-
-
-def format_minutes(seconds: float) -> str:
-    """``"about 3 min"``, ``"about 40 s"``: an estimate in words for the page."""
-    if seconds < 90:
-        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
-    return f"about {round(seconds / 60):.0f} min"
 
 
 __all__ = [

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import cv2
@@ -300,6 +301,140 @@ def iter_video(
             emitted += 1
 
 
+class VideoFrames:
+    """A video file as a read-only array of its frames, decoded on demand.
+
+    It has what generation reads of a frame array -- ``shape``, ``dtype``, ``ndim``, ``len()``, indexing by a
+    number, a slice or an array of numbers, iteration and ``np.asarray`` -- without holding the clip: a read
+    decodes just the frames asked for. Reads that move forward (one segment after the other, each starting a
+    few frames before the last one ended) continue the same decode; only a read before the recently decoded
+    frames starts the file again. Frames are every decoded frame in order, as ``read_video(path, fps=None)``
+    gives them, each passed through ``transform`` (e.g. RGB -> a 0/1 mask). Safe to share between threads;
+    pickled as its path, so another process reopens the file.
+
+    Args:
+        path: The video file.
+        transform: Applied to every decoded ``(H, W, 3)`` RGB frame; ``frame_shape`` is what it returns.
+        frame_shape: Shape of one frame after ``transform``; ``(H, W, 3)`` from the file when ``None``.
+        num_frames: The frame count when known (e.g. recorded beside the file); else counted from the
+            container without decoding.
+    """
+
+    RECENT_FRAMES = 8
+    """Decoded frames kept for a following read that starts a little before the last one ended (the segment
+    overlap is 1 or 5 frames)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        frame_shape: tuple[int, ...] | None = None,
+        num_frames: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.transform = transform
+        info = probe_video(self.path)
+        self.shape = (num_frames if num_frames is not None else _count_frames(self.path), *(frame_shape or (info.height, info.width, 3)))
+        self.dtype = np.dtype(np.uint8)
+        self._lock = threading.Lock()
+        self._container: av.container.InputContainer | None = None
+        self._decoder: Iterator[tuple[float, np.ndarray]] | None = None
+        self._next = 0  # index of the frame the decoder yields next
+        self._recent: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"VideoFrames({self.path.name!r}, shape={self.shape})"
+
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"frame {key} out of range for {len(self)} frames")
+            return self.take([index])[0]
+        if isinstance(key, slice):
+            return self.take(range(*key.indices(len(self))))
+        return self.take(np.asarray(key, dtype=np.int64))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), self.RECENT_FRAMES):
+            yield from self.take(range(start, min(start + self.RECENT_FRAMES, len(self))))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self.take(range(len(self)))
+        return frames if dtype is None else frames.astype(dtype)
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The frames at ``indices`` (any order, repeats allowed), stacked; decoded in increasing order once each."""
+        indices = [int(index) for index in indices]
+        if any(not 0 <= index < len(self) for index in indices):
+            raise IndexError(f"frame indices must be in [0, {len(self)})")
+        with self._lock:
+            found = {index: self._frame(index) for index in sorted(set(indices))}
+        if not indices:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return np.stack([found[index] for index in indices])
+
+    def close(self) -> None:
+        """Close the decoder (a later read opens the file again)."""
+        with self._lock:
+            self._close()
+
+    def _frame(self, index: int) -> np.ndarray:
+        if index in self._recent:
+            return self._recent[index]
+        if index < self._next:  # behind the decoder and no longer kept: decode from the start again
+            self._close()
+        if self._decoder is None:
+            self._container = _open(self.path)
+            self._decoder = _decoded_frames(self._container, Path(self.path))
+            self._next = 0
+        while self._next <= index:
+            item = next(self._decoder, None)
+            if item is None:
+                decoded = self._next
+                self._close()
+                raise WanAnimateError(
+                    f"{self.path.name} ends after {decoded} frames but {len(self)} were expected; "
+                    "the conditioning files do not fit together. Extract the conditioning again."
+                )
+            frame = item[1] if self.transform is None else self.transform(item[1])
+            self._recent[self._next] = frame
+            if len(self._recent) > self.RECENT_FRAMES:
+                self._recent.popitem(last=False)
+            self._next += 1
+        return self._recent[index]
+
+    def _close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._decoder = None
+        self._next = 0
+        self._recent.clear()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "transform": self.transform, "shape": self.shape}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], transform=state["transform"], frame_shape=state["shape"][1:], num_frames=state["shape"][0])
+
+
+def _count_frames(path: Path) -> int:
+    """Frames of the first video stream: from the container's header, else by reading its packets (no decoding)."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
 def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
@@ -340,7 +475,10 @@ def write_video(
         with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
             video = output.add_stream("libx264", rate=rate)
             video.pix_fmt = "yuv420p"
-            video.options = {"crf": str(crf), "preset": preset}
+            # mbtree off: libx264's macroblock-tree pass reads uninitialised memory, so the same frames encoded to
+            # different bits from run to run (2 to 5 variants in 40 encodes here); without it every encode of the same
+            # frames is the same file (400 of 400), for 8-30 % more bytes at the same crf.
+            video.options = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
             # Streams must all exist before the first packet is written.
             audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
             count = 0
@@ -424,27 +562,106 @@ def _copy_audio(
 
 def write_side_by_side(
     path: str | Path,
-    left: np.ndarray,
-    right: np.ndarray,
+    left: Iterable[np.ndarray],
+    right: Iterable[np.ndarray],
     fps: float,
     *,
     audio_source: str | Path | None = None,
     audio_start: float = 0.0,
 ) -> Path:
-    """Write ``left | right`` as one video, both scaled to the same height (the driving clip beside the result).
+    """Write ``left | right`` as one video, both scaled to the right's height (the driving clip beside the result).
 
-    Both clips must have the same number of frames.
+    Both clips are read as the video is written (arrays or streams such as `iter_video`), so neither is held in
+    memory. The video has as many frames as ``right``; should ``left`` end first (a decoder that yields one frame
+    fewer), its last frame is held.
     """
-    if len(left) != len(right):
-        raise ValueError(f"side by side needs equal frame counts, got {len(left)} and {len(right)}")
-    height = right.shape[1]
 
-    def fit(frame: np.ndarray) -> np.ndarray:
+    def fit(frame: np.ndarray, height: int) -> np.ndarray:
         width = max(2, round(frame.shape[1] * height / frame.shape[0] / 2) * 2)
+        if frame.shape[:2] == (height, width):
+            return frame
         return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
-    pairs = (np.concatenate([fit(a), fit(b)], axis=1) for a, b in zip(left, right))
-    return write_video(path, pairs, fps, audio_source=audio_source, audio_start=audio_start)
+    def pairs() -> Iterator[np.ndarray]:
+        lefts = iter(left)
+        shown = None
+        for frame in right:
+            shown = next(lefts, shown)
+            if shown is None:
+                raise ValueError("side by side needs at least one left frame")
+            height = frame.shape[0]
+            yield np.concatenate([fit(shown, height), fit(frame, height)], axis=1)
+
+    return write_video(path, pairs(), fps, audio_source=audio_source, audio_start=audio_start)
+
+
+def concat_videos(
+    path: str | Path,
+    parts: Sequence[str | Path],
+    *,
+    audio_source: str | Path | None = None,
+    audio_start: float = 0.0,
+) -> Path:
+    """Join mp4 files written by `write_video` with the same size and rate into one, without re-encoding.
+
+    The H.264 packets are copied with their times moved on by the frames before them. Each part's decode
+    times start its own encoder delay early (x264 has none for a one-frame part), so decode times are
+    renumbered with the largest delay of all parts: they then rise across every join and never pass a
+    frame's presentation time. The sound of ``audio_source`` from ``audio_start`` is encoded for the joined
+    length, as `write_video` does. Written to a temporary name and moved into place, so a reader of ``path``
+    sees the previous file or the new one, never a part-written one.
+
+    Raises:
+        ValueError: No parts, or parts that differ in size, rate or encoder settings.
+    """
+    path = Path(path)
+    if not parts:
+        raise ValueError("concat_videos needs at least one part")
+    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
+    inputs = [av.open(str(part)) for part in parts]
+    try:
+        streams = [container.streams.video[0] for container in inputs]
+        first = streams[0]
+        for part, stream in zip(parts, streams):
+            same = (stream.time_base, stream.average_rate, stream.codec_context.extradata) == (
+                first.time_base, first.average_rate, first.codec_context.extradata,
+            )
+            if not same:
+                raise ValueError(f"{Path(part).name} differs from {Path(parts[0]).name} in size, rate or encoder settings")
+        ticks = 1 / (first.time_base * first.average_rate)  # time-base units per frame
+        if ticks.denominator != 1:
+            raise ValueError(f"a frame lasts {ticks} time-base units; whole units are needed to join parts")
+        delay = max(-_first_decode_time(part) for part in parts)
+        with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
+            video = output.add_stream_from_template(first)
+            audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
+            offset = count = 0
+            for container, stream in zip(inputs, streams):
+                for packet in container.demux(stream):
+                    if not packet.size:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.pts += offset
+                    packet.dts = count * int(ticks) - delay
+                    packet.stream = video
+                    output.mux(packet)
+                    count += 1
+                offset = count * int(ticks)
+            if audio is not None:
+                _copy_audio(output, audio, audio_source, audio_start, float(count / first.average_rate))
+        partial.replace(path)
+    finally:
+        for container in inputs:
+            container.close()
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _first_decode_time(path: str | Path) -> int:
+    """Decode time of a video's first packet: minus the encoder's delay, in time-base units."""
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            return int(packet.dts)
+    raise ValueError(f"{Path(path).name} has no video packets")
 
 
 def read_image(path: str | Path, *, max_side: int = MAX_FRAME_SIDE * 2) -> np.ndarray:

@@ -706,7 +706,7 @@ class Studio:
             name = uuid.uuid4().hex[:8]
             result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=progress, cancel=cancel)
         progress.phase("Writing the side-by-side video")
-        side_by_side = job.write_side_by_side(result.frames, result.fps, job.output(f"side_by_side_{name}.mp4"))
+        side_by_side = job.write_side_by_side(result.video_path, job.output(f"side_by_side_{name}.mp4"))
         return (
             str(result.video_path),
             str(side_by_side),
