@@ -196,9 +196,16 @@ def _block_weight(block: torch.nn.Module) -> torch.Tensor:
     return getattr(layer, "base_layer", layer).weight
 
 
-def _is_fp8(weight: torch.Tensor) -> bool:
-    """Whether a weight is a torchao float8 tensor (a tensor subclass that presents its original dtype)."""
-    return type(weight) is not torch.Tensor and type(weight) is not torch.nn.Parameter and "Float8" in type(weight).__name__
+def _block_dtype(block: torch.nn.Module) -> torch.dtype:
+    """The block's compute dtype: its query norm's (never quantised, never kept in fp32 by diffusers)."""
+    return block.attn1.norm_q.weight.dtype
+
+
+def _is_quantized(weight: torch.Tensor) -> bool:
+    """Whether a weight is a tensor subclass such as torchao's float8 tensors (export splits them into plain ones)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return is_traceable_wrapper_subclass(weight)
 
 
 def architecture(transformer: "WanAnimateTransformer3DModel") -> dict[str, Any]:
@@ -212,18 +219,22 @@ def architecture(transformer: "WanAnimateTransformer3DModel") -> dict[str, Any]:
 # Module surgery: shallow clones for export and for binding constants
 
 
+_INSTANCE_OVERRIDES = ("forward", "_diffusers_hook", "_compiled_call_impl")
+"""Per-instance replacements of a module's call: compiled blocks, diffusers' hooks, ``Module.compile``."""
+
+
 def _shallow_clone(module: torch.nn.Module, *, drop_lora: bool) -> torch.nn.Module:
     """A copy of the module tree that shares every tensor (nothing is copied), safe to modify.
 
-    Instance-level ``forward`` overrides (compiled blocks, diffusers' hooks) are left out, so the clone runs the
-    class's own forward. With ``drop_lora`` every PEFT LoRA layer is replaced by its base layer.
+    Instance-level call overrides (`_INSTANCE_OVERRIDES`) are left out, so the clone runs its class's forward.
+    With ``drop_lora`` every PEFT LoRA layer is replaced by its base layer.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     if drop_lora and isinstance(module, BaseTunerLayer):
         module = module.get_base_layer()
     clone = object.__new__(type(module))
-    clone.__dict__ = {key: value for key, value in module.__dict__.items() if key not in ("forward", "_diffusers_hook")}
+    clone.__dict__ = {key: value for key, value in module.__dict__.items() if key not in _INSTANCE_OVERRIDES}
     clone._parameters = dict(module._parameters)
     clone._buffers = dict(module._buffers)
     clone._modules = {
@@ -241,7 +252,7 @@ def _plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     from torch._functorch._aot_autograd.subclass_parametrization import unwrap_tensor_subclass_parameters
 
-    if not any(_is_fp8(tensor) for tensor in module.state_dict().values()):
+    if not any(_is_quantized(tensor) for tensor in module.state_dict().values()):
         return module.state_dict()
     clone = _shallow_clone(module, drop_lora=False)
     unwrap_tensor_subclass_parameters(clone)
@@ -446,11 +457,11 @@ def compile_blocks_aot(
             "Compiling the blocks needs every block on one device (memory mode none); found "
             f"{', '.join(sorted(map(str, devices)))}."
         )
-    if weight.dtype == torch.float8_e4m3fn:
+    if weight.dtype == torch.float8_e4m3fn and not _is_quantized(weight):
         raise WanAnimateError("Compile the blocks without fp8 storage (layerwise casting); use fp8=True instead.")
-    if fp8 and not _is_fp8(weight):
+    if fp8 and not _is_quantized(weight):
         quantize_blocks_fp8(transformer)
-    dtype = weight.dtype  # a torchao float8 weight presents its original dtype
+    dtype = _block_dtype(block)
     slots, lora_dtype = _lora_slots(block)
     scale_order = sorted((module, adapter) for adapter, modules in slots.items() for module in modules)
 
@@ -480,7 +491,7 @@ def compile_blocks_aot(
         device=device.type,
         capability=tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
         dtype=str(dtype).removeprefix("torch."),
-        fp8=_is_fp8(_block_weight(block)),
+        fp8=_is_quantized(_block_weight(block)),
         architecture=architecture(transformer),
         tokens=tokens,
         inputs=_input_specs(arguments, shapes == "dynamic"),
@@ -572,13 +583,14 @@ def check_package(info: PackageInfo, transformer: "WanAnimateTransformer3DModel"
         differ = ", ".join(f"{key} {theirs.get(key)} vs {ours.get(key)}" for key in _ARCHITECTURE_KEYS
                            if theirs.get(key) != ours.get(key))
         raise WanAnimateError(f"The compiled blocks are for another transformer ({differ}). {rebuild}")
-    if weight.dtype == torch.float8_e4m3fn:
+    if weight.dtype == torch.float8_e4m3fn and not _is_quantized(weight):
         raise WanAnimateError("The compiled blocks cannot run with fp8 storage (layerwise casting): load the "
                               "pipeline without it, or use an fp8 package.")
-    if str(weight.dtype).removeprefix("torch.") != info.dtype:
-        raise WanAnimateError(f"The compiled blocks are for {info.dtype} weights; the transformer's are "
-                              f"{str(weight.dtype).removeprefix('torch.')}. {rebuild}")
-    if _is_fp8(weight) and not info.fp8:
+    dtype = str(_block_dtype(transformer.blocks[0])).removeprefix("torch.")
+    if dtype != info.dtype:
+        raise WanAnimateError(f"The compiled blocks are for {info.dtype} weights; the transformer's are {dtype}. "
+                              f"{rebuild}")
+    if _is_quantized(weight) and not info.fp8:
         raise WanAnimateError(f"The transformer's blocks are quantised to fp8 but the package is not. {rebuild}")
 
 
@@ -785,7 +797,7 @@ def load_compiled_blocks(
     transformer = _transformer(model)
     path = resolve_package(source, revision=revision)
     info = read_package_info(path)
-    if info.fp8 and not _is_fp8(_block_weight(transformer.blocks[0])):
+    if info.fp8 and not _is_quantized(_block_weight(transformer.blocks[0])):
         check_package(info, transformer, check_gpu=check_gpu)  # before changing the weights
         quantize_blocks_fp8(transformer)
     check_package(info, transformer, check_gpu=check_gpu)
