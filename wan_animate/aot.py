@@ -551,12 +551,12 @@ def resolve_package(source: str | os.PathLike, *, revision: str | None = None) -
 # Running the blocks through the package
 
 
-def check_package(info: PackageInfo, transformer: "WanAnimateTransformer3DModel", *, check_gpu: bool = True) -> None:
+def check_package(info: PackageInfo, transformer: "WanAnimateTransformer3DModel", *, check_device: bool = True) -> None:
     """Refuse a package that was not built for this torch, device, GPU, architecture or dtype.
 
     Args:
-        check_gpu: Compare the GPU's compute capability (off where CUDA may not be touched yet: ZeroGPU's main
-            process; the worker checks when it loads the package).
+        check_device: Compare the blocks' device and the GPU's compute capability (off where the GPU is not
+            real yet: ZeroGPU's main process; the worker checks when it loads the package).
 
     Raises:
         WanAnimateError: Saying what differs and how to get a matching package.
@@ -566,12 +566,12 @@ def check_package(info: PackageInfo, transformer: "WanAnimateTransformer3DModel"
         raise WanAnimateError(f"The compiled blocks were built with torch {info.torch}; this is torch "
                               f"{_torch_minor()}. {rebuild}")
     weight = _block_weight(transformer.blocks[0])
-    if weight.device.type != info.device:
+    if check_device and weight.device.type != info.device:
         raise WanAnimateError(
             f"The compiled blocks are for {info.device}, the transformer's blocks are on {weight.device.type} "
             f"(compiled blocks need memory mode none, every block on the GPU). {rebuild}"
         )
-    if check_gpu and info.device == "cuda":
+    if check_device and info.device == "cuda":
         capability = tuple(torch.cuda.get_device_capability(weight.device))
         if capability != info.capability:
             raise WanAnimateError(
@@ -777,7 +777,7 @@ def compiled_blocks(model: Any) -> CompiledBlocks | None:
 
 
 def load_compiled_blocks(
-    model: Any, source: str | os.PathLike, *, revision: str | None = None, check_gpu: bool = True
+    model: Any, source: str | os.PathLike, *, revision: str | None = None, check_device: bool = True
 ) -> CompiledBlocks:
     """Run the transformer's blocks through a compiled-blocks package from now on.
 
@@ -789,7 +789,7 @@ def load_compiled_blocks(
         model: A ``WanAnimatePipeline`` or its transformer, every block on one device (memory mode ``none``).
         source: A ``.pt2`` file, or ``owner/repo::file.pt2`` on the Hugging Face Hub (`resolve_package`).
         revision: Hub revision of the package.
-        check_gpu: Compare the GPU's compute capability now (ZeroGPU's main process leaves it to the worker).
+        check_device: Check the blocks' device and the GPU now (ZeroGPU's main process leaves it to the worker).
 
     Raises:
         WanAnimateError: A missing, unreadable or incompatible package.
@@ -798,9 +798,9 @@ def load_compiled_blocks(
     path = resolve_package(source, revision=revision)
     info = read_package_info(path)
     if info.fp8 and not _is_quantized(_block_weight(transformer.blocks[0])):
-        check_package(info, transformer, check_gpu=check_gpu)  # before changing the weights
+        check_package(info, transformer, check_device=check_device)  # before changing the weights
         quantize_blocks_fp8(transformer)
-    check_package(info, transformer, check_gpu=check_gpu)
+    check_package(info, transformer, check_device=check_device)
     unload_compiled_blocks(transformer)
     runtime = CompiledBlocks(transformer, path, info)
     for block in transformer.blocks:

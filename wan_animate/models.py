@@ -743,7 +743,7 @@ def load_pipeline(
     if aot_package is not None:
         from .aot import load_compiled_blocks
 
-        runtime = load_compiled_blocks(pipe, aot_package, check_gpu=not on_zerogpu())
+        runtime = load_compiled_blocks(pipe, aot_package, check_device=not on_zerogpu())
         compiled_ahead = f"{runtime.path.name}: {runtime.info.describe()}"
         compile_blocks = True
     elif compile_blocks == "auto":
