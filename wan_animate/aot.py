@@ -4,8 +4,9 @@ Why: on ZeroGPU every GPU call runs in a freshly forked worker, so ``torch.compi
 bf16, 184 s with torchao fp8, benchmarks/RESULTS.md section 1) would be paid again on every call. A package built
 once holds the compiled code; a worker only loads it.
 
-What is compiled: the forward of one ``WanTransformerBlock``. All 40 blocks of ``WanAnimateTransformer3DModel`` share
-its architecture, so one graph serves them all. The package holds code, no weights (inductor's
+What is compiled: the forward of one ``WanTransformerBlock``, traced with the arguments the transformer passes it
+(captured as ``spaces.aoti_capture`` does, without importing ``spaces``: see `capture_block_call`). All 40 blocks
+of ``WanAnimateTransformer3DModel`` share its architecture, so one graph serves them all. The package holds code, no weights (inductor's
 ``aot_inductor.package_constants_in_so=False``): right before a block runs, its own tensors are bound as the graph's
 constants with ``load_constants(..., user_managed=True)``, which stores pointers and copies nothing. That is how
 ``spaces.aoti_blocks_load`` shares a graph too; spaces' ``aoti_compile`` + ``aoti_apply`` instead copy one module's
@@ -20,9 +21,9 @@ LoRA factors are constants like the weights and whose per-layer LoRA scales are 
 ``scaling`` floats are replaced by that vector while tracing. Switching the relighting weight between jobs only
 changes the vector, exactly as PEFT's ``set_adapters`` does in eager mode. Adapters of the package that are not
 loaded run as zeros. Cost: while any adapter is active, every slot's two thin matmuls run (rank r on an
-``in x out`` layer adds ``r·(in + out) / (in·out)`` of its work: 3.4-5 % for r = 128, so about 2-4 % of a 720p step
-for the relighting and few-step LoRAs together, whose linear layers are 28 % of it). With no adapter active the
-``plain`` graph runs, at no cost. An active adapter the package has no slot for runs the block eagerly.
+``in x out`` layer adds ``r·(in + out) / (in·out)`` of its work: 3.4-5 % for r = 128; for the relighting (r 128)
+and few-step (r 64) slots together about 2 % of a 720p step, whose linear layers are 28 % of it, and 3 % at 480p,
+47 %), where eager PEFT runs only the active ones. With no adapter active the ``plain`` graph runs, at no cost. An active adapter the package has no slot for runs the block eagerly.
 
 Shapes: the video token count (dim 1 of the hidden states and of the rotary tables) is dynamic by default, from
 `MIN_TOKENS` to `MAX_TOKENS`: output sizes follow the input's aspect ratio, so one resolution has many token counts
@@ -46,6 +47,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -229,9 +231,7 @@ def _shallow_clone(module: torch.nn.Module, *, drop_lora: bool) -> torch.nn.Modu
     Instance-level call overrides (`_INSTANCE_OVERRIDES`) are left out, so the clone runs its class's forward.
     With ``drop_lora`` every PEFT LoRA layer is replaced by its base layer.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if drop_lora and isinstance(module, BaseTunerLayer):
+    if drop_lora and _is_lora_layer(module):
         module = module.get_base_layer()
     clone = object.__new__(type(module))
     clone.__dict__ = {key: value for key, value in module.__dict__.items() if key not in _INSTANCE_OVERRIDES}
@@ -259,31 +259,32 @@ def _plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return clone.state_dict()
 
 
+def _is_lora_layer(module: torch.nn.Module) -> bool:
+    """Whether a module is a PEFT LoRA layer (without PEFT installed, none is)."""
+    peft = sys.modules.get("peft.tuners.lora")  # LoRAs can only have been loaded through PEFT, so it is imported
+    return peft is not None and isinstance(module, peft.LoraLayer)
+
+
 def _lora_layers(block: torch.nn.Module) -> dict[str, Any]:
     """The PEFT LoRA layers inside a block, by module name."""
-    from peft.tuners.lora import LoraLayer
-
-    return {name: module for name, module in block.named_modules() if isinstance(module, LoraLayer)}
+    return {name: module for name, module in block.named_modules() if _is_lora_layer(module)}
 
 
 def _lora_slots(block: torch.nn.Module) -> tuple[dict[str, dict[str, int]], str | None]:
     """Adapter -> {module -> rank} of every adapter loaded in the block, and the LoRA factors' dtype.
 
     Raises:
-        WanAnimateError: An adapter of a kind the ``lora`` graph cannot pass through (DoRA, LoRA bias, variants).
+        WanAnimateError: Fused adapters, or an adapter the ``lora`` graph cannot pass through (DoRA, variants).
     """
     slots: dict[str, dict[str, int]] = {}
     dtype = None
     for name, layer in _lora_layers(block).items():
-        if getattr(layer, "merged_adapters", None):
+        if layer.merged:
             raise WanAnimateError(f"LoRA adapters are fused into {name}: unfuse them before compiling the blocks.")
         for adapter in layer.lora_A:
-            if getattr(layer, "use_dora", {}).get(adapter) or getattr(layer, "lora_variant", {}).get(adapter) \
-                    or layer.lora_B[adapter].bias is not None:
-                raise WanAnimateError(
-                    f"LoRA {adapter!r} on {name} is not a plain LoRA (DoRA, LoRA bias or a variant): the compiled "
-                    "blocks pass only plain LoRAs through."
-                )
+            if getattr(layer, "use_dora", {}).get(adapter) or getattr(layer, "lora_variant", {}).get(adapter):
+                raise WanAnimateError(f"LoRA {adapter!r} on {name} is a DoRA or another LoRA variant: the compiled "
+                                      "blocks pass only plain LoRAs (with or without a bias) through.")
             slots.setdefault(adapter, {})[name] = int(layer.r[adapter])
             dtype = str(layer.lora_A[adapter].weight.dtype).removeprefix("torch.")
     return slots, dtype
@@ -356,15 +357,35 @@ def _image_tokens(model: Any) -> int:
     return (config.image_size // config.patch_size) ** 2 + 1
 
 
-def capture_block_call(transformer: "WanAnimateTransformer3DModel", inputs: Mapping[str, Any]) -> tuple:
-    """The arguments the transformer passes to its first block for ``inputs`` (spaces' ``aoti_capture``)."""
-    import spaces
+class _Captured(Exception):
+    """Raised by the capture hook to stop the transformer at its first block."""
 
-    with torch.no_grad(), spaces.aoti_capture(transformer.blocks[0]) as call:
-        transformer(**inputs)
-    arguments = dict(zip(_BLOCK_INPUTS, call.args))
-    arguments.update(call.kwargs)
-    return tuple(arguments[name] for name in _BLOCK_INPUTS)
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.args, self.kwargs = args, kwargs
+
+
+def capture_block_call(transformer: "WanAnimateTransformer3DModel", inputs: Mapping[str, Any]) -> tuple:
+    """The arguments the transformer passes to its first block for ``inputs`` (the transformer stops there).
+
+    What ``spaces.aoti_capture`` does, with a forward pre-hook: importing ``spaces`` loads its ZeroGPU machinery
+    (httpx, pydantic, a read of the NVIDIA driver's files) that capturing one call does not need.
+    """
+
+    def stop(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        raise _Captured(args, kwargs)
+
+    handle = transformer.blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            transformer(**inputs)
+    except _Captured as call:
+        arguments = dict(zip(_BLOCK_INPUTS, call.args))
+        arguments.update(call.kwargs)
+        return tuple(arguments[name] for name in _BLOCK_INPUTS)
+    finally:
+        handle.remove()
+    raise WanAnimateError("The transformer never called its first block: not a WanAnimateTransformer3DModel?")
 
 
 def _input_specs(arguments: tuple, dynamic: bool) -> list[dict[str, Any]]:
@@ -739,13 +760,14 @@ class CompiledBlocks:
         unwrapped = name.replace(".base_layer.", ".", 1)
         if unwrapped in state:
             return state[unwrapped]
-        match = re.fullmatch(r"(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<adapter>[^.]+)\.weight", name)
+        match = re.fullmatch(r"(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<adapter>[^.]+)\.(?P<param>weight|bias)", name)
         if match and self.info.lora_slots.get(match["adapter"], {}).get(match["module"]):
             # A slot whose adapter is not loaded here: zeros (its scale is 0 too).
             rank = self.info.lora_slots[match["adapter"]][match["module"]]
             linear = block.get_submodule(match["module"])
             linear = getattr(linear, "base_layer", linear)
-            shape = (rank, linear.in_features) if match["factor"] == "A" else (linear.out_features, rank)
+            shape = {("A", "weight"): (rank, linear.in_features), ("B", "weight"): (linear.out_features, rank),
+                     ("B", "bias"): (linear.out_features,)}[match["factor"], match["param"]]
             device = _block_weight(block).device
             key = (shape, self.info.lora_dtype, str(device))
             if key not in self._zeros:

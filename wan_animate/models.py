@@ -63,7 +63,7 @@ class MemoryPlan:
     """How the full-size pipeline runs within a GPU memory budget: one row of `MEMORY_PLANS`."""
 
     budget_gib: float
-    """The row applies to budgets of at least this much usable GPU memory (the cap it was measured under)."""
+    """The row applies to budgets of at least this much usable GPU memory (see `MEMORY_PLANS` for the rule)."""
     memory_mode: str
     """``none``, ``group`` or ``sequential`` (see `apply_memory_mode`), the same for every resolution: it is set
     once per process, at load, before the jobs' resolutions are known."""
@@ -82,7 +82,8 @@ MEMORY_PLANS: tuple[MemoryPlan, ...] = (
     # torch.cuda.set_per_process_memory_fraction). Step times there: none 3.6 s (480p) / 12.8 s (720p); group about
     # 1.1x that; sequential 2.5x; VAE tiling costs 1.7-1.8x the VAE's time, not the steps'. A row's budget is the
     # usable memory of the GPUs it is for (a "48 GB" card has 44-47 GiB, a "24 GB" one 22.5-23.5 GiB), at least the
-    # reserved peak measured for it.
+    # reserved peak measured for it. Model offload is never a plan: slower and larger than group offload (480p: 57.6
+    # vs 25.9 s, 37.7 vs 13.7 GiB; the transformer is copied in and out every segment).
     MemoryPlan(75, "none", (), False,
                "H100, no cap: 720p 67.2 GiB allocated / 74.2 reserved, 480p 55.2 / 58.2 (RESULTS.md section 2)"),
     MemoryPlan(70, "none", ("720p",), False,
