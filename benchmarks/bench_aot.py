@@ -124,8 +124,14 @@ class Bench:
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
         self.args.out.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
 
-    def measure(self, run: str, resolution: str, reference: torch.Tensor | None = None, **extra) -> torch.Tensor:
+    def measure(self, run: str, resolution: str, reference: torch.Tensor | None = None,
+                runtime: aot.CompiledBlocks | None = None, **extra) -> torch.Tensor:
+        """Time one step and record it, with its error against ``reference`` (default: eager) and, with
+        ``runtime``, how many block calls went through each graph (or ran eagerly)."""
+        before = dict(runtime.calls) if runtime is not None else {}
         first, step, output = self.step(resolution)
+        if runtime is not None:
+            extra["block_calls"] = {path: runtime.calls[path] - before[path] for path in runtime.calls}
         reference = self.references.get(resolution) if reference is None else reference
         self.record(run, resolution, first_call_s=first, step_s=step, peak_gib=self.peak_gib(),
                     rel_l2_vs_eager=relative_l2(output, reference) if reference is not None else None,
@@ -170,8 +176,8 @@ class Bench:
         runtime, load_s = self.load_package("dynamic")
         try:
             for resolution in self.args.resolutions:
-                self.measure("aot", resolution, build_s=build_s, load_s=load_s, package_mb=size_mb,
-                             package=info.describe(), calls=dict(runtime.calls))
+                self.measure("aot", resolution, runtime=runtime, build_s=build_s, load_s=load_s,
+                             package_mb=size_mb, package=info.describe())
         finally:
             aot.unload_compiled_blocks(self.transformer)
 
@@ -184,8 +190,8 @@ class Bench:
             info, build_s, size_mb = self.compile_package(name, shapes="static", size=self.size_of(resolution))
             runtime, load_s = self.load_package(name)
             try:
-                self.measure("aot-static", resolution, build_s=build_s, load_s=load_s, package_mb=size_mb,
-                             package=info.describe(), calls=dict(runtime.calls))
+                self.measure("aot-static", resolution, runtime=runtime, build_s=build_s, load_s=load_s,
+                             package_mb=size_mb, package=info.describe())
             finally:
                 aot.unload_compiled_blocks(self.transformer)
 
@@ -217,18 +223,18 @@ class Bench:
         for resolution in self.args.resolutions:
             for label, weights in states.items():
                 self.set_loras(weights)
-                eager[label, resolution] = self.measure(f"lora eager: {label}", resolution).clone()
+                eager[label, resolution] = self.measure(
+                    f"lora eager: {label}", resolution, note="relL2 against eager without LoRAs: the LoRAs' effect"
+                ).clone()
         info, build_s, size_mb = self.compile_package("lora", size=self.size_of(self.args.resolutions[0]))
         runtime, load_s = self.load_package("lora")
         try:
             for resolution in self.args.resolutions:
                 for label, weights in states.items():
                     self.set_loras(weights)
-                    before = dict(runtime.calls)
                     self.measure(f"lora aot: {label}", resolution, reference=eager[label, resolution],
-                                 build_s=build_s, load_s=load_s, package_mb=size_mb, package=info.describe(),
-                                 graph="lora" if weights else "plain",
-                                 calls={k: runtime.calls[k] - before[k] for k in runtime.calls})
+                                 runtime=runtime, build_s=build_s, load_s=load_s, package_mb=size_mb,
+                                 package=info.describe())
         finally:
             aot.unload_compiled_blocks(self.transformer)
             self.transformer.delete_adapters(list(LORA_RANKS))
@@ -243,9 +249,8 @@ class Bench:
         torch.cuda.empty_cache()
         runtime, load_s = self.load_package("fp8")
         for resolution in self.args.resolutions:
-            self.measure("fp8", resolution, build_s=build_s, load_s=load_s, package_mb=size_mb,
-                         package=info.describe(), calls=dict(runtime.calls),
-                         note="rel. L2 against eager bf16; the model stays quantised")
+            self.measure("fp8", resolution, runtime=runtime, build_s=build_s, load_s=load_s, package_mb=size_mb,
+                         package=info.describe(), note="rel. L2 against eager bf16; the model stays quantised")
 
 
 def shrink_for_smoke_test() -> None:
@@ -264,7 +269,9 @@ def print_table(rows: list[dict]) -> None:
     print(f"\n{'run':<34} {'res':<5} {'step_s':>7} {'first_s':>8} {'build_s':>8} {'load_s':>7} {'MB':>6} "
           f"{'peak':>6} {'relL2':>8}  note")
     for row in rows:
-        note = row.get("error") or row.get("package") or row.get("note") or ""
+        note = row.get("error") or " ".join(
+            str(part) for part in (row.get("package"), row.get("block_calls"), row.get("note")) if part
+        )
         if row.get("finite") is False:
             note = "NOT FINITE " + note
         print(f"{row['run']:<34} {row['resolution']:<5} {row.get('step_s', '-'):>7} {row.get('first_call_s', '-'):>8} "

@@ -632,7 +632,7 @@ class CompiledBlocks:
         self._models_pid: int | None = None
         self._lock = threading.Lock()
         self._constants: dict[tuple[int, str], tuple[tuple, dict[str, torch.Tensor]]] = {}
-        self._bound: dict[str, int] = {}
+        self._bound: dict[str, dict[str, torch.Tensor]] = {}
         self._scales: dict[int, tuple[tuple[float, ...], torch.Tensor]] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
         self._warned: set[str] = set()
@@ -651,7 +651,9 @@ class CompiledBlocks:
 
             with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
                 models = {variant: load_package(str(self.path), model_name=variant) for variant in self.info.variants}
-            self._models, self._models_pid, self._bound = models, os.getpid(), {}
+            # A forked worker starts from its parent's caches: nothing bound there is valid here.
+            self._models, self._models_pid = models, os.getpid()
+            self._bound, self._constants, self._scales, self._zeros = {}, {}, {}, {}
             logger.info("Loaded the compiled blocks (%s) in %.1f s.", self.info.describe(), time.perf_counter() - started)
 
     # -- one block call -------------------------------------------------------------------------------------
@@ -694,7 +696,7 @@ class CompiledBlocks:
         return tuple(named[name] for name in _BLOCK_INPUTS)
 
     def _shape_mismatch(self, arguments: tuple) -> str | None:
-        """Why the graphs cannot take these inputs (AOTInductor does not check shapes itself), or None."""
+        """Why the graphs cannot take these inputs (AOTInductor checks neither shapes nor strides), or None."""
         hidden_states, encoder_hidden_states, temb, rotary_emb = arguments
         if not isinstance(rotary_emb, (tuple, list)) or len(rotary_emb) != 2:
             return "rotary embeddings that are not a (cos, sin) pair"
@@ -710,8 +712,8 @@ class CompiledBlocks:
                         f"{spec['dtype']}, None = the token count)")
             if tensor.device.type != self.info.device:
                 return f"inputs on {tensor.device.type}"
-        if rotary_emb[0].shape[1] != tokens or rotary_emb[1].shape[1] != tokens:
-            return "rotary tables of another token count than the hidden states"
+            if not tensor.is_contiguous():  # the graphs were traced with contiguous inputs and assume their strides
+                return "a non-contiguous input"
         return None
 
     def _lora_state(self, block: torch.nn.Module, layers: dict[str, Any]) -> tuple[str, torch.Tensor | None, str | None]:
