@@ -179,11 +179,13 @@ class RuntimeInfo:
     def summary(self) -> str:
         """One line for the UI, e.g. ``GPU NVIDIA H100 · bfloat16 · memory mode none (...)``."""
         where = "CPU (slow, for tiny test models only)" if self.device == "cpu" else f"GPU {self.device_name}"
-        tiling = "VAE tiling" if self.vae_tiling_auto is None else f"VAE tiling at {'/'.join(self.vae_tiling_auto)}"
+        if self.vae_tiling_auto is None:
+            tiling, tiles = "VAE tiling", self.vae_tiling
+        else:  # per job, as the memory plan says
+            tiling, tiles = f"VAE tiling at {'/'.join(self.vae_tiling_auto)}", bool(self.vae_tiling_auto)
         compiled = f"AoT-compiled blocks ({self.compiled_ahead})" if self.compiled_ahead else "compiled"
         extras = [name for name, on in (("fp8 weights", self.fp8_storage), (compiled, self.compiled),
-                                         (tiling, self.vae_tiling if self.vae_tiling_auto is None
-                                          else bool(self.vae_tiling_auto))) if on]
+                                         (tiling, tiles)) if on]
         weights = ", ".join([self.dtype, *extras])
         return f"Runs on {where} · {weights} · memory mode {self.memory_mode} ({self.reason})"
 
