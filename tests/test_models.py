@@ -19,17 +19,17 @@ from wan_animate.errors import WanAnimateError
 from wan_animate.models import (
     DEFAULT_MODEL_ID,
     GiB,
-    MemoryNeeds,
+    MEMORY_PLANS,
     allow_patterns,
     apply_memory_mode,
     bf16_copy_dir,
     choose_memory_mode,
+    choose_memory_plan,
     clear_pipeline_cache,
     describe_runtime,
     download_size,
     get_pipeline,
     load_pipeline,
-    memory_needs,
     resolve_dtype,
     resolve_source,
     runtime_info,
@@ -169,31 +169,71 @@ def test_resolve_dtype(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "free_gib,fp8,mode",
+    "budget_gib,fp8,mode,tiling",
     [
-        (79.2, False, "none"),  # an 80 GB H100: all on the GPU peaks at 67.2 GiB (+10% = 73.9)
-        (139.0, False, "none"),  # an H200
-        (60.0, False, "group"),  # model offload is never chosen: group offload is faster and smaller
-        (44.4, False, "group"),  # a 48 GB card
-        (23.5, False, "group"),  # a 24 GB card: group offload peaks at 13.7 GiB
-        (14.5, False, "sequential"),  # less than 13.7 GiB + 10%
-        (60.0, True, "none"),  # fp8 weights save ~16 GiB of the transformer
-        (44.4, True, "group"),
+        (79.2, False, "none", ()),  # an 80 GB H100: 720p reserves 74.2 GiB
+        (139.0, False, "none", ()),  # a dedicated H200
+        (70.0, False, "none", ("720p",)),  # ZeroGPU's slice: untiled 720p would reserve 74.2 GiB
+        (60.0, False, "group", ()),  # model offload is never chosen: group offload is faster and smaller
+        (44.4, False, "group", ()),  # a 48 GB card
+        (23.5, False, "group", ("720p",)),  # a 24 GB card: 720p needs VAE tiling
+        (14.5, False, "sequential", ("480p", "720p")),  # group offload peaks at 13.7 / 18.1 GiB
+        (70.0, True, "none", ()),  # fp8 weights save ~16 GiB of the transformer
+        (44.4, True, "none", ("480p", "720p")),
+        (23.5, True, "group", ("720p",)),
     ],
 )
-def test_choose_memory_mode(free_gib, fp8, mode):
-    chosen, reason = choose_memory_mode(int(free_gib * GiB), memory_needs(fp8))
-    assert chosen == mode
-    assert f"{free_gib:.1f} GiB free" in reason
+def test_the_memory_plan_follows_the_table(budget_gib, fp8, mode, tiling):
+    plan = choose_memory_plan(int(budget_gib * GiB), fp8)
+    assert (plan.memory_mode, plan.vae_tiling, plan.fp8_storage) == (mode, tiling, fp8)
+    chosen, reason = choose_memory_mode(int(budget_gib * GiB), fp8)
+    assert chosen == mode and reason.startswith(f"{budget_gib:.1f} GiB budget: plan for {plan.budget_gib:g}+ GiB")
 
 
-def test_choose_memory_mode_with_custom_needs():
-    needs = MemoryNeeds(none=10 * GiB, group=2 * GiB)
-    assert choose_memory_mode(11 * GiB + GiB // 2, needs)[0] == "none"
-    assert choose_memory_mode(10 * GiB, needs)[0] == "group"
-    mode, reason = choose_memory_mode(2 * GiB, needs)
-    assert mode == "sequential"
-    assert reason == "only 2.0 GiB free on the GPU, less than group offload's ~2.0 GiB peak: sequential CPU offload (slow)"
+def test_every_budget_has_a_plan_and_every_row_is_valid():
+    for fp8 in (False, True):
+        rows = [row for row in MEMORY_PLANS if row.fp8_storage == fp8]
+        assert min(row.budget_gib for row in rows) == 0  # any budget finds a row
+        assert len({row.budget_gib for row in rows}) == len(rows)
+        for row in rows:
+            assert row.memory_mode in ("none", "group", "sequential") and row.measured
+            assert set(row.vae_tiling) <= {"480p", "720p"}
+
+
+def test_zerogpu_budget_is_the_slice_not_the_whole_gpu(monkeypatch):
+    def no_cuda_here(device=None):
+        raise AssertionError("ZeroGPU's main process must not touch CUDA")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda_here)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert models.on_zerogpu()
+    budget, where = models.gpu_memory_budget("cuda")
+    assert (budget, where) == (70 * GiB, "ZeroGPU slice")
+    assert choose_memory_plan(budget).vae_tiling == ("720p",)
+    assert not models.should_compile("none", budget)  # every ZeroGPU call would compile again
+    assert models._auto_mode(torch.device("cuda"), False)[1].endswith("(ZeroGPU slice)")
+
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * GiB, 140 * GiB))
+    assert not models.on_zerogpu()
+    assert models.gpu_memory_budget("cuda") == (139 * GiB, "free on the GPU")
+    mode, reason = models._auto_mode(torch.device("cuda"), False)
+    assert mode == "none" and reason == "139.0 GiB budget: plan for 75+ GiB (free on the GPU)"
+
+
+def test_vae_tiling_follows_the_plan_per_job_resolution(tiny_checkpoint):
+    from dataclasses import replace
+
+    pipe = load_pipeline(tiny_checkpoint, allow_cpu=True)
+    assert pipe.wan_runtime.vae_tiling_auto == ()  # the CPU has no plan: never tiles
+    assert not models.apply_vae_tiling(pipe, "720p")
+    pipe.wan_runtime = replace(pipe.wan_runtime, vae_tiling_auto=("720p",))
+    assert "VAE tiling at 720p" in pipe.wan_runtime.summary()
+    assert models.apply_vae_tiling(pipe, "720p") and pipe.vae.use_tiling
+    assert not models.apply_vae_tiling(pipe, "480p") and not pipe.vae.use_tiling
+    explicit = load_pipeline(tiny_checkpoint, allow_cpu=True, vae_tiling=True)
+    assert explicit.wan_runtime.vae_tiling_auto is None
+    assert models.apply_vae_tiling(explicit, "480p")  # asked for: left on
 
 
 def test_apply_memory_mode_refuses_offloading_on_cpu_and_unknown_modes(cpu_pipeline):
@@ -485,19 +525,11 @@ def test_describe_runtime(tiny_checkpoint):
 
 
 @pytest.mark.parametrize(
-    "mode,total_gib,expected",
-    [("none", 80, True), ("none", 75, True), ("none", 48, False), ("group", 80, False), ("sequential", 141, False)],
+    "mode,budget_gib,expected",
+    [("none", 80, True), ("none", 75, True), ("none", 70, False), ("group", 80, False), ("sequential", 141, False)],
 )
-def test_blocks_are_compiled_by_default_only_all_on_a_large_gpu(mode, total_gib, expected):
-    assert models.should_compile(mode, int(total_gib * GiB)) is expected
-
-
-@pytest.mark.parametrize(
-    "mode,free_gib,expected",
-    [("group", 22, True), ("sequential", 10, True), ("group", 40, False), ("none", 20, False)],
-)
-def test_vae_tiles_when_offloading_on_a_small_gpu(mode, free_gib, expected):
-    assert models.should_tile_vae(mode, int(free_gib * GiB)) is expected
+def test_blocks_are_compiled_by_default_only_all_on_a_large_gpu(mode, budget_gib, expected):
+    assert models.should_compile(mode, int(budget_gib * GiB)) is expected
 
 
 def test_compiled_blocks_give_the_same_video_also_after_a_lora_switch(tiny_checkpoint, tmp_path):

@@ -54,71 +54,101 @@ _CONFIG_PATTERNS = (
 )
 
 
-# Peak GPU memory (torch.cuda.max_memory_allocated) of the full-size pipeline, measured on one H100 with
-# benchmarks/bench_pipeline.py (benchmarks/RESULTS.md, section 2: diffusers 0.42.1, bf16 transformer and UMT5,
-# fp32 VAE and CLIP, one 77-frame segment):
-#   - everything on the GPU ("none"), 720p: 67.2 GiB (74.2 GiB reserved);
-#   - model CPU offload ("model"), 480p: 37.7 GiB -- and slower than group offload (57.6 s vs 25.9 s for the same
-#     2-step job, the transformer being copied in and out every segment), so `auto` never picks it;
-#   - block-level group offload with CUDA streams ("group"), 480p: 13.7 GiB (720p needs VAE tiling: 15.7 GiB);
-#   - sequential CPU offload, 480p: 9.6 GiB.
-# fp8 storage halves the transformer's weights (~34 GB -> ~17 GB, -16 GiB) in the modes that keep it on the GPU.
-FULL_PEAK_ALL_ON_GPU = int(67.2 * GiB)
-FULL_PEAK_GROUP_OFFLOAD = int(13.7 * GiB)
-FP8_TRANSFORMER_SAVING = 16 * GiB
-HEADROOM = 1.10
-"""Free memory must exceed a peak by 10%: allocator fragmentation, cuDNN/cuBLAS workspaces, other processes."""
-VAE_TILING_BELOW = 32 * GiB
-"""With less free GPU memory than this, the VAE works in tiles (measured: 720p in group mode under a 24 GiB cap
-runs out of memory at the third VAE encode without tiling; tiling costs 1.7-1.8x the VAE's time)."""
-COMPILE_FROM = 75 * GiB
-"""GPUs with this much memory (H100 80 GB, H200) compile the transformer's blocks by default in mode ``none``:
-measured 11.5 s instead of 12.9 s per 720p step (-11 %, -16 % at 480p) for ~15 s of compilation per resolution."""
+# ---------------------------------------------------------------------------------------------------------------
+# Memory policy: what `auto` does with a GPU memory budget
 
 
 @dataclass(frozen=True)
-class MemoryNeeds:
-    """Peak GPU memory (bytes) of one generation in each memory mode that has a known peak."""
+class MemoryPlan:
+    """How the full-size pipeline runs within a GPU memory budget: one row of `MEMORY_PLANS`."""
 
-    none: int
-    group: int
+    budget_gib: float
+    """The row applies to budgets of at least this much usable GPU memory (see `MEMORY_PLANS` for the rule)."""
+    memory_mode: str
+    """``none``, ``group`` or ``sequential`` (see `apply_memory_mode`), the same for every resolution: it is set
+    once per process, at load, before the jobs' resolutions are known."""
+    vae_tiling: tuple[str, ...]
+    """The resolutions whose VAE works in tiles (switched per job by `apply_vae_tiling`)."""
+    fp8_storage: bool
+    """Whether the row is for a transformer stored in fp8 (``fp8_storage=True``, asked for by the user: it
+    changes the outputs, so `auto` never turns it on)."""
+    measured: str
+    """The measurement behind the row: where, under which cap, peak allocated / reserved."""
 
 
-def memory_needs(fp8_storage: bool = False) -> MemoryNeeds:
-    """The full-size pipeline's peaks (see the figures above), with fp8 transformer storage if asked for."""
-    saving = FP8_TRANSFORMER_SAVING if fp8_storage else 0
-    return MemoryNeeds(
-        none=FULL_PEAK_ALL_ON_GPU - saving,
-        group=FULL_PEAK_GROUP_OFFLOAD,
-    )
+MEMORY_PLANS: tuple[MemoryPlan, ...] = (
+    # bf16 transformer. Figures: benchmarks/RESULTS.md section 2 (one H100 80 GB, diffusers 0.42.1, bf16 transformer
+    # and UMT5, fp32 VAE and CLIP, one 77-frame segment, 2 steps) and benchmarks/bench_memory.py (caps set with
+    # torch.cuda.set_per_process_memory_fraction). Step times there: none 3.6 s (480p) / 12.8 s (720p); group about
+    # 1.1x that; sequential 2.5x; VAE tiling costs 1.7-1.8x the VAE's time, not the steps'. A row's budget is the
+    # usable memory of the GPUs it is for (a "48 GB" card has 44-47 GiB, a "24 GB" one 22.5-23.5 GiB), at least the
+    # reserved peak measured for it. Model offload is never a plan: slower and larger than group offload (480p: 57.6
+    # vs 25.9 s, 37.7 vs 13.7 GiB; the transformer is copied in and out every segment).
+    MemoryPlan(75, "none", (), False,
+               "H100, no cap: 720p 67.2 GiB allocated / 74.2 reserved, 480p 55.2 / 58.2 (RESULTS.md section 2)"),
+    MemoryPlan(70, "none", ("720p",), False,
+               "ZeroGPU's 70 GB slice: untiled 720p reserves 74.2 GiB (section 2), over it; tiling cuts the VAE's share "
+               "(expected: bench_memory.py 720p:none:cap70:tiling)"),
+    MemoryPlan(40, "group", (), False,
+               "48 GB cards: group offload 480p 13.7 / 18.1 GiB; untiled 720p passed its 2nd VAE encode at 19.0 / 23.0 "
+               "under a 24 GiB cap (section 2); expected to complete in 40 (bench_memory.py 720p:group:cap48)"),
+    MemoryPlan(22.5, "group", ("720p",), False,
+               "24 GB cards, cap 24 GiB: 720p completes only with tiling, 15.7 / 21.5 GiB; 480p 13.7 / 18.1 (section 2)"),
+    MemoryPlan(0, "sequential", ("480p", "720p"), False,
+               "cap 12 GiB: 480p sequential 9.6 / 10.9 GiB; group does not fit (OOM in prompt encoding; section 2)"),
+    # fp8 storage (layerwise casting) halves the transformer's weights, 34 -> 17 GB (section 1: the 720p transformer
+    # peaks at 26.2 instead of 42.1 GiB) at no speed change; what it buys is mode none with less memory.
+    MemoryPlan(60, "none", (), True,
+               "expected: 720p 67.2 - 16 = ~51 GiB allocated (sections 1, 2; bench_memory.py 720p:none:cap70:fp8)"),
+    MemoryPlan(44, "none", ("480p", "720p"), True,
+               "expected: 480p ~39 GiB allocated untiled, so tiled (bench_memory.py 720p:none:cap48:fp8:tiling)"),
+    MemoryPlan(22.5, "group", ("720p",), True, "as bf16 group offload (its streamed blocks are smaller)"),
+    MemoryPlan(0, "sequential", ("480p", "720p"), True, "as bf16 sequential offload"),
+)
+"""The memory policy `auto` follows: for a budget, the row with the largest ``budget_gib`` it reaches. Rows marked
+"expected" are derived from the H100 figures and wait for benchmarks/bench_memory.py's run on the H200."""
+
+ZEROGPU_SLICE = 70 * GiB
+"""GPU memory a ZeroGPU call may use: the H200 reports all its 141 GB, but a call gets a slice of about 70 GB."""
+COMPILE_FROM = 75 * GiB
+"""Budgets of this much (H100 80 GB, a dedicated H200) compile the transformer's blocks with ``torch.compile`` by
+default in mode ``none``: measured 11.5 s instead of 12.9 s per 720p step (-11 %, -16 % at 480p) for ~15 s of
+compilation per resolution. Not on ZeroGPU: its slice is smaller, and every call would compile again."""
 
 
-def choose_memory_mode(free_gpu_bytes: int, needs: MemoryNeeds | None = None) -> tuple[str, str]:
-    """Pick the fastest memory mode whose peak fits in the free GPU memory.
+def on_zerogpu() -> bool:
+    """Whether this process runs on a ZeroGPU Space (``SPACES_ZERO_GPU``, set by the platform)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 
-    Faster to slower: ``none`` (all on the GPU), ``group`` (the transformer's and text encoder's blocks streamed
-    from the CPU), ``sequential`` (every layer streamed; always fits). ``model`` (one component at a time) is
-    never chosen: measured, it is both slower and larger than ``group`` (see the figures above).
+
+def gpu_memory_budget(device: str | torch.device) -> tuple[int, str]:
+    """GPU memory the pipeline may use, in bytes, and where the figure comes from.
+
+    On ZeroGPU it is the slice (`ZEROGPU_SLICE`), not what the GPU reports (the whole H200, and in the main
+    process no real GPU at all); elsewhere the device's free memory.
+    """
+    if on_zerogpu():
+        return ZEROGPU_SLICE, "ZeroGPU slice"
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return free, "free on the GPU"
+
+
+def choose_memory_plan(budget_bytes: int, fp8_storage: bool = False) -> MemoryPlan:
+    """The row of `MEMORY_PLANS` for a budget: the largest ``budget_gib`` that the budget reaches.
 
     Args:
-        free_gpu_bytes: Free memory of the GPU (``torch.cuda.mem_get_info()[0]``).
-        needs: Peak memory per mode; defaults to the full-size pipeline (`memory_needs()`).
-
-    Returns:
-        The mode and a human-readable reason, e.g. ``("group", "78.0 GiB free ...")``.
+        budget_bytes: Usable GPU memory (`gpu_memory_budget`).
+        fp8_storage: Whether the transformer is stored in fp8.
     """
-    needs = needs or memory_needs()
-    free = free_gpu_bytes / GiB
-    for mode, peak, label in (
-        ("none", needs.none, "everything on the GPU"),
-        ("group", needs.group, "group offload"),
-    ):
-        if free_gpu_bytes >= peak * HEADROOM:
-            return mode, f"{free:.1f} GiB free on the GPU, {label} peaks at ~{peak / GiB:.1f} GiB"
-    return "sequential", (
-        f"only {free:.1f} GiB free on the GPU, less than group offload's ~{needs.group / GiB:.1f} GiB peak: "
-        "sequential CPU offload (slow)"
-    )
+    rows = sorted((row for row in MEMORY_PLANS if row.fp8_storage == fp8_storage), key=lambda row: -row.budget_gib)
+    return next(row for row in rows if budget_bytes >= row.budget_gib * GiB)
+
+
+def choose_memory_mode(budget_bytes: int, fp8_storage: bool = False) -> tuple[str, str]:
+    """The memory mode `auto` picks for a budget (`choose_memory_plan`) and a human-readable reason."""
+    plan = choose_memory_plan(budget_bytes, fp8_storage)
+    tiling = f", VAE tiling at {'/'.join(plan.vae_tiling)}" if plan.vae_tiling else ""
+    return plan.memory_mode, f"{budget_bytes / GiB:.1f} GiB budget: plan for {plan.budget_gib:g}+ GiB{tiling}"
 
 
 @dataclass(frozen=True)
@@ -138,15 +168,24 @@ class RuntimeInfo:
     fp8_storage: bool
     """Whether the transformer's weights are stored in fp8 (computed in ``dtype``)."""
     compiled: bool = False
-    """Whether the transformer's repeated blocks are compiled with ``torch.compile``."""
+    """Whether the transformer's repeated blocks are compiled (``torch.compile``, or ahead of time)."""
     vae_tiling: bool = False
-    """Whether the VAE encodes and decodes in tiles (less memory, slower)."""
+    """Whether the VAE encodes and decodes in tiles (less memory, slower) after loading."""
+    vae_tiling_auto: tuple[str, ...] | None = None
+    """With ``vae_tiling="auto"``: the resolutions whose jobs tile the VAE (`apply_vae_tiling`); else None."""
+    compiled_ahead: str = ""
+    """The ahead-of-time compiled blocks package in use and what it was built for, if any."""
 
     def summary(self) -> str:
         """One line for the UI, e.g. ``GPU NVIDIA H100 · bfloat16 · memory mode none (...)``."""
         where = "CPU (slow, for tiny test models only)" if self.device == "cpu" else f"GPU {self.device_name}"
-        extras = [name for name, on in (("fp8 weights", self.fp8_storage), ("compiled", self.compiled),
-                                         ("VAE tiling", self.vae_tiling)) if on]
+        if self.vae_tiling_auto is None:
+            tiling, tiles = "VAE tiling", self.vae_tiling
+        else:  # per job, as the memory plan says
+            tiling, tiles = f"VAE tiling at {'/'.join(self.vae_tiling_auto)}", bool(self.vae_tiling_auto)
+        compiled = f"AoT-compiled blocks ({self.compiled_ahead})" if self.compiled_ahead else "compiled"
+        extras = [name for name, on in (("fp8 weights", self.fp8_storage), (compiled, self.compiled),
+                                         (tiling, tiles)) if on]
         weights = ", ".join([self.dtype, *extras])
         return f"Runs on {where} · {weights} · memory mode {self.memory_mode} ({self.reason})"
 
@@ -521,30 +560,55 @@ def apply_memory_mode(pipe: "WanAnimatePipeline", mode: str, device: str | torch
 def _auto_mode(device: torch.device, fp8_storage: bool) -> tuple[str, str]:
     if device.type != "cuda":
         return "none", "on the CPU there is no GPU memory to manage"
-    free, _total = torch.cuda.mem_get_info(device)
-    return choose_memory_mode(free, memory_needs(fp8_storage))
+    budget, where = gpu_memory_budget(device)
+    mode, reason = choose_memory_mode(budget, fp8_storage)
+    return mode, f"{reason} ({where})"
 
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-def should_compile(memory_mode: str, total_gpu_bytes: int) -> bool:
-    """Whether ``compile_blocks="auto"`` compiles the transformer: mode ``none`` on a GPU of at least `COMPILE_FROM`.
+def should_compile(memory_mode: str, budget_bytes: int) -> bool:
+    """Whether ``compile_blocks="auto"`` compiles the transformer: mode ``none`` with a budget of `COMPILE_FROM`.
 
     That is where compiling was measured to be the fastest configuration. Under offloading the blocks move
     between devices through hooks, and on the CPU compiling is not worth it for the tiny models that run there.
     """
-    return memory_mode == "none" and total_gpu_bytes >= COMPILE_FROM
+    return memory_mode == "none" and budget_bytes >= COMPILE_FROM
 
 
-def should_tile_vae(memory_mode: str, free_gpu_bytes: int) -> bool:
-    """Whether the VAE should work in tiles: an offloading mode and less than `VAE_TILING_BELOW` free.
+def apply_vae_tiling(pipe: "WanAnimatePipeline", resolution: str) -> bool:
+    """Switch the VAE's tiling for a job at ``resolution``, as the memory plan says (``vae_tiling="auto"``).
 
-    In mode ``none`` the full pipeline needs far more than that anyway; on smaller GPUs tiling is what lets a
-    720p job finish (see `VAE_TILING_BELOW`).
+    A pipeline loaded with ``vae_tiling`` set explicitly (or not by `load_pipeline`) is left as it is. Call it
+    before each job: the plan can tile 720p and not 480p (`MEMORY_PLANS`), and tiling costs 1.7-1.8x the VAE's time.
+
+    Returns:
+        Whether the VAE tiles now.
     """
-    return memory_mode in ("group", "sequential") and free_gpu_bytes < VAE_TILING_BELOW
+    info = runtime_info(pipe)
+    if info is not None and info.vae_tiling_auto is not None:
+        if resolution in info.vae_tiling_auto:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+    return bool(getattr(pipe.vae, "use_tiling", False))
+
+
+def _aot_package(compile_blocks: bool | str) -> str | None:
+    """The package source of ``compile_blocks="aot:<package>"``, None for the other values.
+
+    Raises:
+        WanAnimateError: A string that is neither ``auto`` nor ``aot:<package>``.
+    """
+    if not isinstance(compile_blocks, str) or compile_blocks == "auto":
+        return None
+    kind, _, package = compile_blocks.partition(":")
+    if kind != "aot" or not package:
+        raise WanAnimateError(f"compile_blocks={compile_blocks!r}: use True, False, 'auto' or 'aot:<package .pt2 file "
+                              "or owner/repo::file.pt2>'.")
+    return package
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -561,7 +625,7 @@ def load_pipeline(
     keep_bf16_copy: bool = False,
     allow_cpu: bool = False,
     device: str | torch.device | None = None,
-    compile_blocks: bool | Literal["auto"] = "auto",
+    compile_blocks: bool | str = "auto",
     vae_tiling: bool | Literal["auto"] = "auto",
     progress: ProgressCallback | None = None,
 ) -> "WanAnimatePipeline":
@@ -571,8 +635,9 @@ def load_pipeline(
         source: A hub repo id (downloaded into the Hugging Face cache) or a local folder in the same layout.
         revision: Branch, tag or commit of a hub repo.
         dtype: Compute dtype of the transformer and text encoder (`resolve_dtype`); VAE and CLIP stay float32.
-        memory_mode: ``auto`` (`choose_memory_mode` from the free GPU memory), ``none``, ``model``, ``group``
-            or ``sequential`` (see `apply_memory_mode`). Always ``none`` on the CPU.
+        memory_mode: ``auto`` (the row of `MEMORY_PLANS` for the GPU memory budget: the free memory, or the slice
+            on ZeroGPU; `gpu_memory_budget`), ``none``, ``model``, ``group`` or ``sequential`` (see
+            `apply_memory_mode`). Always ``none`` on the CPU.
         fp8_storage: Store the transformer's weights in float8 (e4m3) and compute in ``dtype``, layer by layer
             (halves its memory; a small quality cost).
         keep_bf16_copy: With a bf16 compute dtype, save the transformer in bf16 on the first load (the repo
@@ -580,10 +645,12 @@ def load_pipeline(
         allow_cpu: Allow running without a CUDA GPU (float32, only sensible for tiny test models).
         device: The device; defaults to the current CUDA GPU.
         compile_blocks: Compile the transformer's repeated blocks (``torch.compile``, once per resolution and LoRA
-            weight seen, ~15 s each). ``auto``: on in mode ``none`` on GPUs of at least 75 GiB (`should_compile`),
-            with Triton installed, in a process that is not one of several (torchrun).
-        vae_tiling: Encode and decode with the VAE in tiles. ``auto``: on in the offloading modes when less than
-            32 GiB of GPU memory is free (`should_tile_vae`).
+            weight seen, ~15 s each). ``auto``: on in mode ``none`` with a budget of at least 75 GiB
+            (`should_compile`), with Triton installed, in a process that is not one of several (torchrun).
+            ``"aot:<package>"``: run them through an ahead-of-time compiled package instead, a ``.pt2`` file or
+            ``owner/repo::file.pt2`` on the Hub (`wan_animate.aot.load_compiled_blocks`; mode ``none`` only).
+        vae_tiling: Encode and decode with the VAE in tiles. ``auto``: as the memory plan says for each job's
+            resolution (`apply_vae_tiling`; until then as for 720p).
         progress: Called as the download and the loading stages advance.
 
     Raises:
@@ -607,6 +674,10 @@ def load_pipeline(
         memory_mode = "none"
     if fp8_storage and not hasattr(torch, "float8_e4m3fn"):
         raise WanAnimateError("fp8 storage needs a PyTorch with torch.float8_e4m3fn (2.1 or newer).")
+    aot_package = _aot_package(compile_blocks)
+    if aot_package is not None and fp8_storage:
+        raise WanAnimateError("Ahead-of-time compiled blocks cannot run with fp8 storage: drop one of the two (an fp8 "
+                              "package stores the blocks in fp8 itself).")
 
     copy_dir = None
     if keep_bf16_copy:
@@ -648,6 +719,9 @@ def load_pipeline(
         pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
 
     report(3, "Placing the model on the GPU" if device.type == "cuda" else "Preparing the model on the CPU")
+    # Read before placing anything: the budget is the memory the pipeline may take.
+    budget = gpu_memory_budget(device)[0] if device.type == "cuda" else 0
+    plan = choose_memory_plan(budget, fp8_storage) if device.type == "cuda" else None
     if memory_mode == "auto":
         memory_mode, reason = _auto_mode(device, fp8_storage)
     elif device.type == "cpu":
@@ -655,17 +729,28 @@ def load_pipeline(
     else:
         reason = "chosen explicitly"
     logger.info("Memory mode %s: %s", memory_mode, reason)
+    if aot_package is not None and memory_mode != "none":
+        raise WanAnimateError(f"Ahead-of-time compiled blocks need memory mode none (every block on the GPU), not "
+                              f"{memory_mode!r}: a GPU budget of 70 GiB or more, or memory_mode='none'.")
     apply_memory_mode(pipe, memory_mode, device)
 
-    free, total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+    tiling_auto = None
     if vae_tiling == "auto":
-        vae_tiling = device.type == "cuda" and should_tile_vae(memory_mode, free)
+        tiling_auto = plan.vae_tiling if plan is not None else ()
+        vae_tiling = "720p" in tiling_auto  # until a job says its resolution (apply_vae_tiling)
     if vae_tiling:
-        logger.info("VAE tiling on (%s free on the GPU): less memory, slower encoding and decoding.",
-                    _format_size(free))
+        logger.info("VAE tiling on (%s): less memory, slower encoding and decoding.",
+                    f"plan for {plan.budget_gib:g}+ GiB" if tiling_auto is not None and plan else "asked for")
         pipe.vae.enable_tiling()
-    if compile_blocks == "auto":
-        compile_blocks = device.type == "cuda" and should_compile(memory_mode, total)
+    compiled_ahead = ""
+    if aot_package is not None:
+        from .aot import load_compiled_blocks
+
+        runtime = load_compiled_blocks(pipe, aot_package, check_device=not on_zerogpu())
+        compiled_ahead = f"{runtime.path.name}: {runtime.info.describe()}"
+        compile_blocks = True
+    elif compile_blocks == "auto":
+        compile_blocks = device.type == "cuda" and should_compile(memory_mode, budget)
         if compile_blocks and importlib.util.find_spec("triton") is None:
             logger.warning("Not compiling the transformer: torch.compile needs Triton on the GPU, which is missing.")
             compile_blocks = False
@@ -675,7 +760,7 @@ def load_pipeline(
             if launched_with_several_processes():
                 logger.info("Not compiling the transformer: compiling with context parallelism is untested.")
                 compile_blocks = False
-    if compile_blocks:
+    if compile_blocks and not compiled_ahead:
         # Compiling one block and reusing it for all 40 costs ~15 s per resolution (diffusers' regional
         # compilation). No fullgraph: LoRA layers added later may break the graph, which must not fail a job.
         logger.info("Compiling the transformer's repeated blocks on first use (about 15 s per resolution).")
@@ -690,6 +775,8 @@ def load_pipeline(
         fp8_storage=fp8_storage,
         compiled=bool(compile_blocks),
         vae_tiling=bool(vae_tiling),
+        vae_tiling_auto=tiling_auto,
+        compiled_ahead=compiled_ahead,
     )
     logger.info("%s", pipe.wan_runtime.summary())
     report(4, "Model ready")
