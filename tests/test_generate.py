@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from tests.media import audio_duration, video_facts, write_test_video
@@ -291,3 +292,26 @@ def test_colour_matching_happens_before_the_next_segment_is_conditioned(pipeline
     assert np.abs(matched[5:9].astype(int) - plain[5:9]).mean() > 1
     # ... and segment 3 was conditioned on the corrected last frame of segment 2.
     assert np.abs(as_uint8 - matched[8]).max() <= 1
+
+
+def test_out_of_memory_mid_job_is_a_sentence_and_the_next_job_runs(pipeline, monkeypatch):
+    """The segment loop runs inside the out-of-memory guard: the error names what to change, and nothing stays broken."""
+    from wan_animate.out_of_memory import GpuOutOfMemory
+
+    conditioning = make_conditioning("animate", frames=9)
+    calls = []
+    real_forward = type(pipeline.transformer).forward
+
+    def failing_forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # segment 2's first step
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipeline.transformer), "forward", failing_forward)
+    with pytest.raises(GpuOutOfMemory, match=f"ran out of memory while generating at {WIDTH}x{HEIGHT}"):
+        generate(pipeline, conditioning, GenerationSettings(**FAST))
+    assert len(calls) == 3
+    monkeypatch.setattr(type(pipeline.transformer), "forward", real_forward)
+    again = generate(pipeline, conditioning, GenerationSettings(**FAST))
+    assert again.complete and again.frames.shape[0] == 9

@@ -20,7 +20,6 @@ the pipeline's components on one segment at a time (`wan_animate.segments`), wit
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 import shutil
@@ -41,6 +40,8 @@ from .checkpoint import Checkpoint, job_fingerprint, segment_file
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
 from .lora import RELIGHT_ADAPTER, load_relighting_lora, loaded_adapters, set_lora_weights
+from .models import apply_vae_tiling, resolution_of
+from .out_of_memory import OutOfMemoryGuard, release_memory
 from .progress import ProgressCallback, format_minutes
 from .segments import SegmentModel, SegmentPlan, match_colors
 from .video import concat_videos, write_video
@@ -205,13 +206,6 @@ def prompt_embeddings(
             cache.popitem(last=False)
     cache.move_to_end(key)
     return cache[key]
-
-
-def free_memory() -> None:
-    """Release cached GPU memory (after a cancelled or failed job)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def estimate_steps(num_frames: int, settings: GenerationSettings) -> int:
@@ -628,6 +622,7 @@ def _run_segments(
         num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale, generator=generator,
     )
     _apply_loras(pipeline, conditioning, settings)
+    apply_vae_tiling(pipeline, resolution_of(conditioning.height, conditioning.width))
     own_scheduler = _use_job_scheduler(pipeline, settings, generator)
     from .caching import disable_step_cache, enable_step_cache
 
@@ -639,7 +634,9 @@ def _run_segments(
                 pipeline.transformer, settings.step_cache, num_inference_steps=settings.num_inference_steps,
                 **settings.step_cache_options,
             )
-        done = _segment_loop(model, settings, output, tracker, resume, range(first, last), deadline, history)
+        # An out-of-memory error ends in a sentence that says what to change, with the memory released first.
+        with OutOfMemoryGuard(pipeline, size=(conditioning.height, conditioning.width)):
+            done = _segment_loop(model, settings, output, tracker, resume, range(first, last), deadline, history)
     except _Stopped:
         stopped = True
     finally:
@@ -648,7 +645,7 @@ def _run_segments(
             disable_step_cache(pipeline.transformer)
         pipeline.maybe_free_model_hooks()
     if stopped:  # here, outside the handler: no traceback keeps the stopped segment's tensors alive
-        free_memory()
+        release_memory()
         output.finish()
         logger.info("Generation cancelled after step %d of %d", tracker.steps_done, tracker.total_steps)
         raise GenerationCancelled(f"Stopped after step {tracker.steps_done} of {tracker.total_steps}.")

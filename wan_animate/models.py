@@ -578,6 +578,13 @@ def should_compile(memory_mode: str, budget_bytes: int) -> bool:
     return memory_mode == "none" and budget_bytes >= COMPILE_FROM
 
 
+def resolution_of(height: int, width: int) -> str:
+    """The named resolution (``"720p"``, ``"480p"``) whose target area is nearest to a ``height x width`` frame."""
+    from .preprocess.sizing import RESOLUTION_AREAS
+
+    return min(RESOLUTION_AREAS, key=lambda name: abs(RESOLUTION_AREAS[name] - height * width))
+
+
 def apply_vae_tiling(pipe: "WanAnimatePipeline", resolution: str) -> bool:
     """Switch the VAE's tiling for a job at ``resolution``, as the memory plan says (``vae_tiling="auto"``).
 
