@@ -35,7 +35,7 @@ from ..conditioning import BACKGROUND_FILE, FACE_FILE, MASK_FILE, POSE_FILE, Con
 from ..errors import WanAnimateError
 from ..progress import ProgressCallback
 from ..video import DEFAULT_MAX_SECONDS, VideoInfo, probe_video, read_image
-from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, detection_stride, follow_person, is_detection_frame, track_person
+from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, PersonTrack, detection_stride, follow_person, is_detection_frame, track_person
 from .face import crop_faces, track_face_boxes
 from .frames import decode_batches, fit_within, letterbox_frames, resize_frames
 from .keypoints import WholeBodyPose, fill_missing_bodies, split_wholebody
@@ -263,7 +263,8 @@ class Preprocessor:
         keep: Callable[[torch.Tensor, torch.Tensor], Sequence],
         size: tuple[int, int] | None = None,
     ) -> tuple[list, _Detected]:
-        """Decode the clip once, keep what later stages need, and detect people on the detection frames as they arrive.
+        """Decode the clip once, keep what later stages need, and detect people on the detection frames as they arrive
+        (in the caller's "Detecting people" stage).
 
         Args:
             video: The driving video.
@@ -294,22 +295,21 @@ class Preprocessor:
             detected.boxes += self.detector.detect(batch, score_threshold=options.detection_threshold)
             detected.frames += [index for index, _ in frames]
 
-        with stages("Detecting people", expected):
-            decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
-            for batch in decode_batches(video, batch=batch_size, device=device, size=size, **decode):
-                first = len(kept)
-                analysed = analysis(batch)
-                kept += keep(batch, analysed)
-                rows = [row for row in range(len(batch)) if is_detection_frame(first + row, every, extra)]
-                waiting += [(first + row, analysed[row]) for row in rows]
-                if len(waiting) >= batch_size:
-                    detect(waiting)
-                    waiting = []
-                stages.notify(len(kept), max(expected, len(kept)))
-            if not rows or rows[-1] != len(batch) - 1:
-                waiting.append((len(kept) - 1, analysed[-1]))  # the last frame is always detected
-            if waiting:
+        decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
+        for batch in decode_batches(video, batch=batch_size, device=device, size=size, **decode):
+            first = len(kept)
+            analysed = analysis(batch)
+            kept += keep(batch, analysed)
+            rows = [row for row in range(len(batch)) if is_detection_frame(first + row, every, extra)]
+            waiting += [(first + row, analysed[row]) for row in rows]
+            if len(waiting) >= batch_size:
                 detect(waiting)
+                waiting = []
+            stages.notify(len(kept), max(expected, len(kept)))
+        if not rows or rows[-1] != len(batch) - 1:
+            waiting.append((len(kept) - 1, analysed[-1]))  # the last frame is always detected
+        if waiting:
+            detect(waiting)
         logger.info("Person detector on %s, stride %d: ran on %d of %d frames.", device, every, len(detected.frames), len(kept))
         return kept, detected
 
@@ -349,8 +349,8 @@ class Preprocessor:
                 boxes = track.boxes[start : start + len(frames)]
                 keypoints.append(self.pose_estimator.estimate(list(frames), boxes, batch_size=len(frames)))
                 stages.notify(start + len(frames), count)
-        poses = split_wholebody(np.concatenate(keypoints))
-        poses = _with_body(poses, fill_missing_bodies(poses.body))
+            poses = split_wholebody(np.concatenate(keypoints))
+            poses = _with_body(poses, fill_missing_bodies(poses.body))
         warnings = []
         if track.persons_seen > 1 and point is None:
             warnings.append(
@@ -413,39 +413,40 @@ class Preprocessor:
         held_size = fit_within(source_size, HELD_MAX_SIDE)
         analysis_size = fit_within(source_size, ANALYSIS_MAX_SIDE)
         point = _scale_point(options.person_point, size, analysis_size)
-        held, detected = self._decode_and_detect(
-            video_path,
-            info,
-            options,
-            point,
-            stages,
-            analysis=lambda frames: resize_frames(frames, analysis_size),
-            keep=lambda decoded, _: list(decoded),
-            size=None if held_size == source_size else held_size,
-        )
         fps = float(options.fps or info.fps)
+        with stages("Detecting people", _expected_frames(info.duration, fps, options)):
+            held, detected = self._decode_and_detect(
+                video_path,
+                info,
+                options,
+                point,
+                stages,
+                analysis=lambda frames: resize_frames(frames, analysis_size),
+                keep=lambda decoded, _: list(decoded),
+                size=None if held_size == source_size else held_size,
+            )
 
         def analysis_frames(start: int, stop: int) -> np.ndarray:
             return resize_frames(torch.stack(held[start:stop]), analysis_size).cpu().numpy()
 
         tracked = self._track(detected, len(held), analysis_frames, point, stages)
-        # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the kept frames'.
-        tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
-        face = tracked.poses.face * [held_size[1] / source_size[1], held_size[0] / source_size[0], 1.0]
-        face_boxes, face_ratio = self._faces(tracked, face, held_size)
-        if options.retarget:
-            reference_pose = self._reference_pose(reference)
-            poses, canvas = retarget_poses(reference_pose, tracked.poses), size
-        else:
-            poses, canvas = tracked.poses, source_size
-
         skeleton = np.empty((len(held), *size, 3), np.uint8)
         with VideoWriters(workdir / ".encoding", fps) as writers:
-            writers.start(POSE_FILE, _drawn_skeleton(poses, canvas, skeleton))
-            with stages("Cropping faces", len(held)):
+            with stages("Cropping faces"):
+                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the kept
+                # frames' (for the face crops).
+                tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
+                if options.retarget:
+                    reference_pose = self._reference_pose(reference)
+                    poses, canvas = retarget_poses(reference_pose, tracked.poses), size
+                else:
+                    poses, canvas = tracked.poses, source_size
+                writers.start(POSE_FILE, _drawn_skeleton(poses, canvas, skeleton))
+                face = tracked.poses.face * [held_size[1] / source_size[1], held_size[0] / source_size[0], 1.0]
+                face_boxes, face_ratio = self._faces(tracked, face, held_size)
                 faces = crop_faces(held, face_boxes)
-            del held  # the decoded clip, possibly on the GPU
-            writers.start(FACE_FILE, faces)
+                del held  # the decoded clip, possibly on the GPU
+                writers.start(FACE_FILE, faces)
             # The skeleton frames are still being drawn on a writer thread; `_finish` waits for them.
             conditioning = Conditioning(
                 mode="animate",
@@ -475,32 +476,33 @@ class Preprocessor:
             size = output_size(info.height, info.width, options.resolution)
             # Upstream's padding_resize: a bilinear letterbox (cv2.INTER_LINEAR), also when shrinking the photo.
             reference = letterbox(read_image(image_path), size, interpolation="bilinear")
-        # Each decoded frame is letterboxed into the output size at once (as upstream's padding resize), so only
-        # output-size frames are kept (on the CPU: SAM2 and the background need them there).
-        kept, detected = self._decode_and_detect(
-            video_path,
-            info,
-            options,
-            options.person_point,
-            stages,
-            analysis=lambda frames: letterbox_frames(frames, size, interpolation="auto"),
-            keep=lambda _, letterboxed: list(letterboxed.cpu().numpy()),
-        )
-        frames = np.stack(kept)
-        del kept
         fps = float(options.fps or info.fps)
+        with stages("Detecting people", _expected_frames(info.duration, fps, options)):
+            # Each decoded frame is letterboxed into the output size at once (as upstream's padding resize), so
+            # only output-size frames are kept (on the CPU: SAM2 and the background need them there).
+            kept, detected = self._decode_and_detect(
+                video_path,
+                info,
+                options,
+                options.person_point,
+                stages,
+                analysis=lambda frames: letterbox_frames(frames, size, interpolation="auto"),
+                keep=lambda _, letterboxed: list(letterboxed.cpu().numpy()),
+            )
+            frames = np.stack(kept)
+            del kept
         tracked = self._track(detected, len(frames), lambda start, stop: frames[start:stop], options.person_point, stages)
-        face_boxes, face_ratio = self._faces(tracked, tracked.poses.face, size)
         skeleton = np.empty((len(frames), *size, 3), np.uint8)
         with VideoWriters(workdir / ".encoding", fps) as writers:
-            writers.start(POSE_FILE, _drawn_skeleton(tracked.poses, size, skeleton))
-            with stages("Cropping faces", len(frames)):
+            with stages("Cropping faces"):
+                writers.start(POSE_FILE, _drawn_skeleton(tracked.poses, size, skeleton))
+                face_boxes, face_ratio = self._faces(tracked, tracked.poses.face, size)
                 faces = crop_faces(frames, face_boxes)
-            writers.start(FACE_FILE, faces)
-            clicks = list(options.points)
-            # Clicked frames also get the keypoint prompts, so a lone negative click never stands alone on its frame.
-            prompts = keypoint_prompts(tracked.poses.body, size, click_frames=[p.frame for p in clicks]) + clicks
+                writers.start(FACE_FILE, faces)
             with stages("Segmenting the person", len(frames)):
+                clicks = list(options.points)
+                # Clicked frames also get the keypoint prompts, so a lone negative click never stands alone.
+                prompts = keypoint_prompts(tracked.poses.body, size, click_frames=[p.frame for p in clicks]) + clicks
                 masks = self.segmenter.segment(frames, prompts, progress=stages.progress)
             with stages("Making the mask and background", len(frames)):
                 masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
@@ -572,15 +574,19 @@ class _Stages:
         self.progress = progress
         self.seconds: dict[str, float] = {}
         self._current = ""
+        self._running = False
 
     @contextmanager
     def __call__(self, name: str, total: int = 1) -> Iterator[None]:
-        self._current = name
+        if self._running:  # a stage inside another would be counted twice
+            raise RuntimeError(f"stage {name!r} started inside {self._current!r}")
+        self._current, self._running = name, True
         self.notify(0, total)
         started = time.perf_counter()
         try:
             yield
         finally:
+            self._running = False
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
     def notify(self, done: int, total: int) -> None:

@@ -19,9 +19,9 @@ import numpy as np
 from ..progress import ProgressCallback
 from ..video import FAST_PRESET, write_video
 
-WORKERS = 4
-"""Videos encoded at once: the most a job writes before it waits for them (Replacement's skeleton and face
-crops during SAM2, then background, mask and mask preview)."""
+WORKERS = 5
+"""Videos encoded at once: every video of a Replacement job (skeleton and face crops during SAM2, then
+background, mask and mask preview)."""
 
 
 class _Cancelled(Exception):
