@@ -17,7 +17,8 @@ One call measures, for a synthetic driving clip (a moving figure over a textured
   (sampled every 50 ms during the run);
 - SAM2's masks on the same clip and prompts, fast (bf16, batched image encoder) against float32: IoU per frame;
 - SAM2's cost per frame by part (preprocessing, image encoder, tracking, mask to frame size), with the image
-  encoder one frame at a time (as before) and in batches (`--profile-frames` frames, synchronised timers);
+  encoder one frame at a time (as before) and in batches (`--profile-frames` frames, synchronised timers), and
+  with `--compile-sam2` also with the image encoder and memory attention under ``torch.compile``;
 - a longer clip's Animation run (`--long-seconds`): its time and host peak RSS (goal <= 6 GiB at 30 s).
 
 `--budget-s` skips what would not end in time and says so in the JSON. JSON goes to ``$OUT`` (or ``--json``),
@@ -549,11 +550,11 @@ def print_table(results: dict) -> None:
     if parts:
         headers = [f"{name} (batch {value['encoder_batch']})" for name, value in parts.items()]
         frames = next(iter(parts.values()))["frames"]
-        print(f"\n{f'SAM2 ms per frame ({frames} frames)':<36}" + "".join(f"{header:>22}" for header in headers))
+        print(f"\n{f'SAM2 ms per frame ({frames} frames)':<36}" + "".join(f"{header:>28}" for header in headers))
         part_names = list(dict.fromkeys(name for v in parts.values() for name in v["parts_ms_per_frame"]))
         for name in part_names + ["total"]:
             cells = [v["total_ms_per_frame"] if name == "total" else v["parts_ms_per_frame"].get(name, "-") for v in parts.values()]
-            print(f"  {name:<34}" + "".join(f"{cell:>22}" for cell in cells))
+            print(f"  {name:<34}" + "".join(f"{cell:>28}" for cell in cells))
     iou = results.get("sam2_iou")
     if iou:
         print(f"\nSAM2 {iou['fast_dtype']} vs float32, same clip and prompts: IoU mean {iou['mean']}, min {iou['min']}, "
@@ -588,6 +589,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (CUDA kernels, cuDNN plans)")
     parser.add_argument("--detect-every", type=int, default=None, help="run the detector on every N-th frame")
     parser.add_argument("--profile-frames", type=int, default=120, help="frames of SAM2's per-part measurement")
+    parser.add_argument("--compile-sam2", action="store_true", help="also measure SAM2's parts under torch.compile")
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip what would end after this many seconds")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, short clips: checks the script")
     args = parser.parse_args()
@@ -672,11 +674,23 @@ def main() -> None:
         frames_seen, prompts = capture.frames[:count], [prompt for prompt in capture.prompts if prompt.frame < count]
         per_frame = segmentation / len(capture.frames)
         capture.remove()
-        for name, batch in (("before", 1), ("after", preprocessor.segmenter.encoder_batch)):
-            if prompts and budget.allows(f"SAM2 parts, encoder batch {batch}", count * per_frame * (6 if batch == 1 else 2) + 5):
-                log(f"SAM2 parts, encoder batch {batch}")
-                results["sam2_parts"][name] = sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch)
+        batch = preprocessor.segmenter.encoder_batch
+        for name, batch_size in (("before", 1), ("after", batch)):
+            if prompts and budget.allows(f"SAM2 parts, encoder batch {batch_size}", count * per_frame * (6 if batch_size == 1 else 2) + 5):
+                log(f"SAM2 parts, encoder batch {batch_size}")
+                results["sam2_parts"][name] = sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch_size)
                 save()
+        # torch.compile of the image encoder and the memory attention: the first run compiles, the second counts.
+        if args.compile_sam2 and prompts and budget.allows("SAM2 parts, compiled", 2 * count * per_frame * 2 + 180):
+            log("SAM2 parts, image encoder and memory attention compiled")
+            preprocessor.segmenter.model.vision_encoder.compile()
+            preprocessor.segmenter.model.memory_attention.compile()
+            started = time.perf_counter()
+            sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch)
+            compiling = time.perf_counter() - started
+            compiled = sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch)
+            results["sam2_parts"]["after, compiled"] = {**compiled, "first_run_with_compiling_s": round(compiling, 1)}
+            save()
         del frames_seen
 
     if args.long_seconds and "animate" in results["modes"]:
