@@ -447,16 +447,16 @@ class Preprocessor:
                 faces = crop_faces(held, face_boxes)
                 del held  # the decoded clip, possibly on the GPU
                 writers.start(FACE_FILE, faces)
-            # The skeleton frames are still being drawn on a writer thread; `_finish` waits for them.
-            conditioning = Conditioning(
-                mode="animate",
-                reference_image=reference,
-                pose_frames=skeleton,
-                face_frames=faces,
-                fps=fps,
-                audio_source=video_path if info.has_audio else None,
-                audio_start=options.start,
-            )
+                # The skeleton frames are still being drawn on a writer thread; `_finish` waits for them.
+                conditioning = Conditioning(
+                    mode="animate",
+                    reference_image=reference,
+                    pose_frames=skeleton,
+                    face_frames=faces,
+                    fps=fps,
+                    audio_source=video_path if info.has_audio else None,
+                    audio_start=options.start,
+                )
             return self._finish(workdir, conditioning, self._report(tracked, face_ratio), writers, stages)
 
     def _reference_pose(self, reference: np.ndarray) -> WholeBodyPose:
@@ -508,20 +508,20 @@ class Preprocessor:
                 masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
                 coverage = mask_coverage(masks)
                 background = background_frames(frames, masks)
-            writers.start(BACKGROUND_FILE, background)
-            writers.start(MASK_FILE, mask_video_frames(masks))
-            writers.start(MASK_PREVIEW_FILE, _mask_overlays(frames, masks))
-            conditioning = Conditioning(
-                mode="replace",
-                reference_image=reference,
-                pose_frames=skeleton,
-                face_frames=faces,
-                fps=fps,
-                background_frames=background,
-                mask_frames=masks,
-                audio_source=video_path if info.has_audio else None,
-                audio_start=options.start,
-            )
+                writers.start(BACKGROUND_FILE, background)
+                writers.start(MASK_FILE, mask_video_frames(masks))
+                writers.start(MASK_PREVIEW_FILE, _mask_overlays(frames, masks))
+                conditioning = Conditioning(
+                    mode="replace",
+                    reference_image=reference,
+                    pose_frames=skeleton,
+                    face_frames=faces,
+                    fps=fps,
+                    background_frames=background,
+                    mask_frames=masks,
+                    audio_source=video_path if info.has_audio else None,
+                    audio_start=options.start,
+                )
             return self._finish(workdir, conditioning, self._report(tracked, face_ratio, coverage), writers, stages)
 
     def _finish(
