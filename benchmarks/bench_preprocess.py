@@ -419,7 +419,8 @@ def measure_mode(preprocessor, mode: str, args, media: dict, work: Path, sampler
         estimate = runs[-1]["total_s"] * 1.2 if runs else 60.0
         if runs and not budget.allows(f"{mode} run {index + 1} of {count}", estimate):
             break
-        if capture is not None and index == count - 1:
+        # SAM2's inputs are kept from the last run only (held during a later run, they would add to its RSS).
+        if capture is not None and (index == count - 1 or budget.left() < 2 * estimate):
             capture.armed = True
         run = run_once(preprocessor, mode, args, media["photo"], media["video"], work / f"{mode}{index}", sampler)
         run["warmup"] = warmup
