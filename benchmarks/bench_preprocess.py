@@ -1,20 +1,33 @@
-"""Benchmark of the preprocessing stage (`Preprocessor.prepare`) with full-size random-weight models.
+"""Benchmark of preprocessing (`Preprocessor.prepare`) with full-size random-weight models (issue 16's table).
 
 The real preprocessing weights (RT-DETRv2 R50, ViTPose-H whole-body ONNX, SAM2.1 hiera-large) cannot be
 downloaded where this runs, and their cost depends only on shapes. So models of the same architectures are
-built from configs with random weights, saved the way the hub stores them, and loaded back through the
-package's own ``from_pretrained`` paths (as the tests do with tiny ones). They are made "confident" like
-``tests/e2e_fixtures.py`` does (detector class heads fixed to say "person", pose heatmap bias raised, SAM2's
-object-score head fixed to "present"), so the pipeline finds a person and a face and runs every stage.
+built from configs with random weights (in a child process, while the driving clips are written), saved the
+way the hub stores them, and loaded back through the package's own ``from_pretrained`` paths (as the tests do
+with tiny ones). They are made "confident" like ``tests/e2e_fixtures.py`` does (detector class heads fixed to
+say "person", pose heatmap bias raised, SAM2's object-score head fixed to "present"), so every stage runs.
+A random detector sees a person in each of RT-DETR's 300 queries; a real clip has a few people, so only the
+`--max-people` best boxes per frame are kept (the detector's own cost is unchanged; following 300 "people"
+through a clip would add seconds no real clip costs).
 
-A synthetic driving clip (a moving figure over a textured background, with an audio track) is written at the
-source size and 30 fps, then ``prepare`` runs once. Reported: time to load the models, wall time per stage
-(the progress callback is wrapped to timestamp description changes), total, peak RSS (``ru_maxrss``) and RSS
-sampled every 50 ms from ``/proc/self/status`` (so the growth per frame can be read, no extra dependency).
-Models are built in a child process, so their construction does not count in this process's peak RSS.
+One call measures, for a synthetic driving clip (a moving figure over a textured background, with sound):
 
-    python benchmarks/bench_preprocess.py --mode animate --seconds 2 --source-size 1080p --resolution 480p \
-        --device cpu --sizes full --pose-size h
+- Animation and Replacement: `--warmup` untimed runs, then the median of `--repeats` timed runs; each stage's
+  time (`Preprocessed.timings`: a timer per stage, so they add up to the run), CUDA peak, host peak RSS
+  (sampled every 50 ms during the run);
+- SAM2's masks on the same clip and prompts, as prepare made them (bf16, batched image encoder) and in float16,
+  against float32: IoU per frame;
+- SAM2's cost per frame by part (preprocessing, image encoder, tracking, mask to frame size), with the image
+  encoder one frame at a time (as before) and in batches (`--profile-frames` frames, synchronised timers), and
+  with `--compile-sam2` also with the image encoder and memory attention under ``torch.compile``;
+- a longer clip's Animation run (`--long-seconds`): its time and host peak RSS (goal <= 6 GiB at 30 s).
+
+`--budget-s` skips what would not end in time and says so in the JSON. JSON goes to ``$OUT`` (or ``--json``),
+a table is printed last. The lead's command on one GPU (about 6 minutes, all included)::
+
+    python benchmarks/bench_preprocess.py --device cuda --resolution 720p --seconds 10 --repeats 3 --warmup 1
+
+``--smoke`` runs every section on the CPU with tiny models (checks the script; timings mean nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -168,21 +182,29 @@ def _build_all(folder: str, sizes: str, pose_size: str, with_sam2: bool) -> None
         print(f"sam2 built in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def ensure_models(folder: Path, sizes: str, pose_size: str, with_sam2: bool) -> dict[str, Path]:
-    """Build the models (in a child process) unless ``folder`` already holds them."""
+def start_building(folder: Path, sizes: str, pose_size: str, with_sam2: bool) -> tuple[dict[str, Path], object]:
+    """Start building the models in a child process unless ``folder`` already holds them.
+
+    Returns:
+        The model paths, and the child process to `join` (``None`` when nothing is built).
+    """
     from wan_animate.demo.preprocess_models import POSE_FILE
 
     paths = {"detector": folder / "detector", "pose": folder / "pose" / POSE_FILE, "sam2": folder / "sam2"}
     missing = not (paths["detector"] / "config.json").exists() or not paths["pose"].exists()
     missing = missing or (with_sam2 and not (paths["sam2"] / "config.json").exists())
-    if missing:
-        context = multiprocessing.get_context("spawn")
-        child = context.Process(target=_build_all, args=(str(folder), sizes, pose_size, with_sam2))
-        child.start()
+    if not missing:
+        return paths, None
+    child = multiprocessing.get_context("spawn").Process(target=_build_all, args=(str(folder), sizes, pose_size, with_sam2))
+    child.start()
+    return paths, child
+
+
+def join(child) -> None:
+    if child is not None:
         child.join()
         if child.exitcode:
             raise SystemExit(f"building the models failed (exit {child.exitcode})")
-    return paths
 
 
 def _weight_bytes(path: Path) -> int:
@@ -260,6 +282,11 @@ def write_photo(path: Path) -> Path:
 
 # -- measuring ------------------------------------------------------------------------------------------
 
+GiB = 2**30
+GOALS_S = {"animate": 12.0, "replace": 20.0}
+"""Issue 16: a 10-s 1080p clip in <= 12 s (Animation) and <= 20 s (Replacement) on one GPU."""
+RSS_GOAL_GIB = 6.0
+
 
 def rss_bytes() -> int:
     with open("/proc/self/status") as status:
@@ -270,92 +297,311 @@ def rss_bytes() -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples this process's RSS every ``interval`` seconds; ``peak`` and the samples are kept."""
+    """Samples this process's RSS every ``interval`` seconds; `peak` is the highest since the last `reset`."""
 
     def __init__(self, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
-        self.interval, self.samples, self.peak = interval, [], 0
+        self.interval, self.peak = interval, 0
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            value = rss_bytes()
-            self.samples.append((time.perf_counter(), value))
-            self.peak = max(self.peak, value)
+            self.peak = max(self.peak, rss_bytes())
             time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak = rss_bytes()
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
 
 
-class StageClock:
-    """A progress callback that timestamps the first and last report of each description."""
+class Budget:
+    """Seconds left of ``--budget-s``; a section whose estimate does not fit is skipped and noted."""
 
-    def __init__(self, sampler: RssSampler) -> None:
-        self.sampler = sampler
-        self.stages: dict[str, dict] = {}
-        self.current: str | None = None
-        self.last = time.perf_counter()
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.started, self.skipped = seconds, time.perf_counter(), []
 
-    def __call__(self, done: int, total: int, description: str) -> None:
-        now = time.perf_counter()
-        if description != self.current:
-            # Time between the previous stage's last report and this one's first belongs to this stage.
-            self.stages.setdefault(description, {"seconds": 0.0, "peak_rss": 0, "frames": total})
-            self.current = description
-            print(f"[{time.strftime('%H:%M:%S')}] stage: {description}", file=sys.stderr, flush=True)
-        stage = self.stages[description]
-        stage["seconds"] += now - self.last
-        stage["peak_rss"] = max(stage["peak_rss"], self.sampler.peak, rss_bytes())
-        stage["frames"] = total
-        self.last = now
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.started)
+
+    def allows(self, what: str, estimate_s: float) -> bool:
+        if estimate_s <= self.left():
+            return True
+        self.skipped.append({"what": what, "estimated_s": round(estimate_s, 1), "left_s": round(self.left(), 1)})
+        log(f"skipped (time budget): {what}, estimated {estimate_s:.0f} s, {self.left():.0f} s left")
+        return False
 
 
-def run_once(preprocessor, args: argparse.Namespace, photo: Path, video: Path, workdir: Path, sampler: RssSampler) -> dict:
-    """One timed ``prepare`` call: total seconds, per-stage seconds and RSS, CUDA peak, the quality report."""
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cuda_synchronize() -> None:
     import torch
 
-    from wan_animate.preprocess.prepare import PreprocessOptions
-
-    options = PreprocessOptions(resolution=args.resolution)
-    if args.detect_every is not None:
-        options = PreprocessOptions(resolution=args.resolution, detect_every=args.detect_every)
-    clock = StageClock(sampler)
-    started = clock.last = time.perf_counter()
-    result = preprocessor.prepare(args.mode, photo, video, workdir, options, progress=clock)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class Sam2Capture:
+    """Keeps the frames, prompts and masks of the segmenter's next call (the masks bit-packed, so that holding
+    them does not weigh on the run's RSS), for the IoU and per-part measurements."""
+
+    def __init__(self, segmenter) -> None:
+        self.segmenter, self.original = segmenter, segmenter.segment
+        self.armed, self.frames, self.prompts, self.packed = False, None, None, None
+        segmenter.segment = self
+
+    def __call__(self, frames, prompts, **kwargs):
+        masks = self.original(frames, prompts, **kwargs)
+        if self.armed:
+            self.frames, self.prompts, self.packed, self.armed = frames, list(prompts), np.packbits(masks, axis=-1), False
+        return masks
+
+    def masks(self) -> np.ndarray:
+        return np.unpackbits(self.packed, axis=-1, count=self.frames.shape[2]).astype(bool)
+
+    def remove(self) -> None:
+        del self.segmenter.segment
+        self.frames = self.packed = None
+
+
+def keep_few_people(detector, count: int) -> None:
+    """Keep the ``count`` best person boxes per frame (see the module docstring)."""
+    boxes = detector._person_boxes
+    detector._person_boxes = lambda result, size: boxes(result, size)[:count]
+
+
+def run_once(preprocessor, mode: str, args, photo: Path, video: Path, workdir: Path, sampler: RssSampler) -> dict:
+    """One timed ``prepare``: total and per-stage seconds, CUDA peak, host peak RSS, the quality report."""
+    import shutil
+
+    import torch
+
+    from wan_animate.preprocess import PreprocessOptions
+
+    options = PreprocessOptions(resolution=args.resolution, detect_every=args.detect_every)
+    labels: list[str] = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not labels or labels[-1] != label:
+            labels.append(label)
+            log(f"  {mode}: {label}")
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sampler.reset()
+    started = time.perf_counter()
+    result = preprocessor.prepare(mode, photo, video, workdir, options, progress=progress)
+    cuda_synchronize()
     total = time.perf_counter() - started
+    peak_rss = max(sampler.peak, rss_bytes())
+    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "total_s": round(total, 2),
-        "stages": {
-            name: {"seconds": round(stage["seconds"], 2), "peak_rss_gib": round(stage["peak_rss"] / 2**30, 2)}
-            for name, stage in clock.stages.items()
-        },
-        "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0,
-        "output_frames": result.conditioning.num_frames,
+        "stages_s": {name: round(seconds, 3) for name, seconds in result.timings.items()},
+        "other_s": round(total - sum(result.timings.values()), 3),
+        "cuda_peak_gib": round(torch.cuda.max_memory_allocated() / GiB, 2) if torch.cuda.is_available() else 0.0,
+        "peak_rss_gib": round(peak_rss / GiB, 2),
+        "frames": result.conditioning.num_frames,
         "report": result.report.to_dict(),
     }
 
 
+def measure_mode(preprocessor, mode: str, args, media: dict, work: Path, sampler, budget: Budget, capture) -> dict:
+    """`--warmup` runs, then up to `--repeats` timed ones (fewer when the budget says so); their medians."""
+    runs: list[dict] = []
+    count = args.warmup + args.repeats
+    for index in range(count):
+        warmup = index < args.warmup
+        estimate = runs[-1]["total_s"] * 1.2 if runs else 60.0
+        if runs and not budget.allows(f"{mode} run {index + 1} of {count}", estimate):
+            break
+        # SAM2's inputs are kept from the last run only (held during a later run, they would add to its RSS).
+        if capture is not None and (index == count - 1 or budget.left() < 2 * estimate):
+            capture.armed = True
+        run = run_once(preprocessor, mode, args, media["photo"], media["video"], work / f"{mode}{index}", sampler)
+        run["warmup"] = warmup
+        runs.append(run)
+        log(f"{mode} run {index + 1}/{count}: {run['total_s']} s{' (warm-up)' if warmup else ''}, stages {run['stages_s']}")
+    timed = [run for run in runs if not run["warmup"]] or runs[-1:]
+    stages = {name: round(statistics.median(run["stages_s"][name] for run in timed), 3) for name in timed[0]["stages_s"]}
+    return {
+        "runs_total_s": [run["total_s"] for run in runs],
+        "warmup_runs": sum(run["warmup"] for run in runs),
+        "timed_runs": len([run for run in runs if not run["warmup"]]),
+        "median_total_s": round(statistics.median(run["total_s"] for run in timed), 2),
+        "stages_median_s": stages,
+        "other_median_s": round(statistics.median(run["other_s"] for run in timed), 3),
+        "cuda_peak_gib": max(run["cuda_peak_gib"] for run in timed),
+        "peak_rss_gib": max(run["peak_rss_gib"] for run in timed),
+        "frames": timed[-1]["frames"],
+        "report": timed[-1]["report"],
+        "runs": runs,
+    }
+
+
+def segment_with(sam2_path: Path, device: str, dtype, frames: np.ndarray, prompts: list) -> tuple[np.ndarray, float]:
+    """Masks of a SAM2 loaded in ``dtype`` (and the seconds `segment` took)."""
+    import torch
+
+    from wan_animate.preprocess.mask import PersonSegmenter
+
+    segmenter = PersonSegmenter.from_pretrained(sam2_path, device=device, dtype=dtype)
+    started = time.perf_counter()
+    masks = segmenter.segment(frames, prompts)
+    cuda_synchronize()
+    seconds = time.perf_counter() - started
+    del segmenter
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return masks, seconds
+
+
+def mask_iou(masks: np.ndarray, reference: np.ndarray) -> dict:
+    """IoU per frame of two (T, H, W) bool mask clips (1 where both are empty): mean, min, 5th percentile."""
+    intersection = (masks & reference).sum(axis=(1, 2))
+    union = (masks | reference).sum(axis=(1, 2))
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    return {
+        "frames": len(iou),
+        "mean": round(float(iou.mean()), 4),
+        "min": round(float(iou.min()), 4),
+        "p5": round(float(np.percentile(iou, 5)), 4),
+        "mask_coverage": round(float(masks.mean()), 4),
+    }
+
+
+def sam2_parts(segmenter, frames: np.ndarray, prompts: list, encoder_batch: int) -> dict:
+    """SAM2's milliseconds per frame by part, timers synchronised around each call (so a little slower overall).
+
+    Parts: preprocessing (the processor's resize and normalisation), image encoder (Hiera + FPN), tracking (the
+    model's step: memory attention, mask decoder, memory encoder), mask to frame size (upsampling and copy to
+    the CPU); other = the rest of `segment`.
+    """
+    parts: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, function):
+        def run(*args, **kwargs):
+            cuda_synchronize()
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                cuda_synchronize()
+                parts[name] += time.perf_counter() - started
+
+        return run
+
+    processor = segmenter.processor
+
+    class TimedProcessor:
+        __call__ = staticmethod(timed("preprocessing", processor))
+
+        def __getattr__(self, name: str):
+            return getattr(processor, name)
+
+    saved_batch = segmenter.encoder_batch
+    segmenter.processor, segmenter.encoder_batch = TimedProcessor(), encoder_batch
+    segmenter._full_size_mask = timed("mask to frame size", segmenter._full_size_mask)
+    segmenter.model.get_image_features = timed("image encoder", segmenter.model.get_image_features)
+    segmenter.model.forward = timed("tracking", segmenter.model.forward)
+    try:
+        cuda_synchronize()
+        started = time.perf_counter()
+        segmenter.segment(frames, prompts)
+        cuda_synchronize()
+        total = time.perf_counter() - started
+    finally:
+        segmenter.processor, segmenter.encoder_batch = processor, saved_batch
+        del segmenter._full_size_mask, segmenter.model.get_image_features, segmenter.model.forward
+    per_frame = {name: round(seconds / len(frames) * 1000, 2) for name, seconds in parts.items()}
+    per_frame["other"] = round((total - sum(parts.values())) / len(frames) * 1000, 2)
+    return {"encoder_batch": encoder_batch, "frames": len(frames), "total_ms_per_frame": round(total / len(frames) * 1000, 2), "parts_ms_per_frame": per_frame}
+
+
+# -- the table --------------------------------------------------------------------------------------------
+
+
+def print_table(results: dict) -> None:
+    modes = results["modes"]
+    clip = results["clip"]
+    print(
+        f"\nPreprocessing, {clip['seconds']:g}-s {clip['source_size']} clip ({clip['frames']} frames) -> {clip['resolution']}, "
+        f"median of {max([m['timed_runs'] for m in modes.values()] or [0])} after {results['warmup']} warm-up "
+        f"({results['machine']['gpu'] or 'CPU'})"
+    )
+    longest = max((list(mode["stages_median_s"]) for mode in modes.values()), key=len, default=[])
+    names = longest + [name for mode in modes.values() for name in mode["stages_median_s"] if name not in longest]
+    print(f"{'stage (s)':<34}" + "".join(f"{mode:>12}" for mode in modes))
+    for name in names + ["other"]:
+        cells = [m["stages_median_s"].get(name, "-") if name != "other" else m["other_median_s"] for m in modes.values()]
+        print(f"{name:<34}" + "".join(f"{cell:>12}" for cell in cells))
+    rows = [
+        ("total", "median_total_s"),
+        ("CUDA peak (GiB)", "cuda_peak_gib"),
+        ("host peak RSS (GiB)", "peak_rss_gib"),
+    ]
+    for label, key in rows:
+        print(f"{label:<34}" + "".join(f"{m[key]:>12}" for m in modes.values()))
+    print(f"{'goal (s)':<34}" + "".join(f"{'<= ' + format(GOALS_S[mode], 'g'):>12}" for mode in modes))
+    for mode, m in modes.items():
+        print(f"{mode} runs (s, warm-up first): {' '.join(map(str, m['runs_total_s']))}")
+    parts = results.get("sam2_parts") or {}
+    if parts:
+        headers = [f"{name} (batch {value['encoder_batch']})" for name, value in parts.items()]
+        frames = next(iter(parts.values()))["frames"]
+        print(f"\n{f'SAM2 ms per frame ({frames} frames)':<36}" + "".join(f"{header:>28}" for header in headers))
+        part_names = list(dict.fromkeys(name for v in parts.values() for name in v["parts_ms_per_frame"]))
+        for name in part_names + ["total"]:
+            cells = [v["total_ms_per_frame"] if name == "total" else v["parts_ms_per_frame"].get(name, "-") for v in parts.values()]
+            print(f"  {name:<34}" + "".join(f"{cell:>28}" for cell in cells))
+    for dtype, iou in (results.get("sam2_iou") or {}).items():
+        if isinstance(iou, dict):
+            print(f"\nSAM2 {dtype} vs float32, same clip and prompts: IoU mean {iou['mean']}, min {iou['min']}, "
+                  f"5th percentile {iou['p5']} over {iou['frames']} frames (goal: mean >= 0.99)")
+    long = results.get("long_clip")
+    if long:
+        print(f"\n{long['seconds']:g}-s clip, Animation: {long['total_s']} s, host peak RSS {long['peak_rss_gib']} GiB "
+              f"(goal <= {RSS_GOAL_GIB:g}), CUDA peak {long['cuda_peak_gib']} GiB; stages {long['stages_s']}")
+    for skipped in results["skipped"]:
+        print(f"skipped: {skipped['what']} (estimated {skipped['estimated_s']} s, {skipped['left_s']} s left)")
+    print(f"wall {results['wall_s']} s; JSON: {results['json']}")
+
+
+# -- main -------------------------------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["animate", "replace"], default="animate")
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--mode", choices=["animate", "replace", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=10.0, help="driving clip length")
+    parser.add_argument("--long-seconds", type=float, default=30.0, help="the RSS clip's length (0: skip)")
     parser.add_argument("--source-size", choices=sorted(SOURCE_SIZES), default="1080p")
-    parser.add_argument("--resolution", choices=["480p", "720p"], default="480p")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--resolution", choices=["480p", "720p"], default="720p")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--sizes", choices=["full", "small"], default="full")
     parser.add_argument("--pose-size", choices=sorted(POSE_SIZES), default="h", help="ViTPose backbone (full sizes)")
     parser.add_argument("--pose-backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--max-people", type=int, default=2, help="person boxes kept per frame (module docstring)")
     parser.add_argument("--models", type=Path, default=None, help="folder to build/reuse the models in")
-    parser.add_argument("--extrapolate-to", type=float, default=10.0, help="clip seconds to extrapolate to")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed runs first (CUDA kernels, cuDNN plans)")
+    parser.add_argument("--json", type=Path, default=Path(os.environ.get("OUT", ".")) / "bench_preprocess.json")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (CUDA kernels, cuDNN plans)")
     parser.add_argument("--detect-every", type=int, default=None, help="run the detector on every N-th frame")
+    parser.add_argument("--profile-frames", type=int, default=120, help="frames of SAM2's per-part measurement")
+    parser.add_argument("--compile-sam2", action="store_true", help="also measure SAM2's parts under torch.compile")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="skip what would end after this many seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, short clips: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.device, args.sizes, args.source_size, args.resolution = "cpu", "small", "480p", "480p"
+        args.seconds, args.long_seconds, args.repeats, args.warmup, args.profile_frames = 0.5, 1.0, 1, 0, 6
+    budget = Budget(args.budget_s)
+    modes = ["animate", "replace"] if args.mode == "both" else [args.mode]
+    log(f"bench_preprocess: {' '.join(sys.argv[1:])}")
 
     import torch
 
@@ -363,58 +609,32 @@ def main() -> None:
     models_dir = args.models or Path(tempfile.gettempdir()) / f"bench_preprocess_models_{args.sizes}_{args.pose_size}"
     models_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    paths = ensure_models(models_dir, args.sizes, args.pose_size, with_sam2=args.mode == "replace")
-    build_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    video = work / "driving.mp4"
-    frames = write_driving_clip(video, args.seconds, SOURCE_SIZES[args.source_size])
-    photo = write_photo(work / "character.png")
+    paths, builder = start_building(models_dir, args.sizes, args.pose_size, with_sam2="replace" in modes)
+    media = {"video": work / "driving.mp4", "photo": write_photo(work / "character.png"), "long": work / "long.mp4"}
+    frames = write_driving_clip(media["video"], args.seconds, SOURCE_SIZES[args.source_size])
+    if args.long_seconds:
+        write_driving_clip(media["long"], args.long_seconds, SOURCE_SIZES[args.source_size])
     media_seconds = time.perf_counter() - started
+    join(builder)
+    build_seconds = time.perf_counter() - started
+    log(f"models ready and clips written in {build_seconds:.0f} s (clips {media_seconds:.0f} s)")
 
     from wan_animate.preprocess import Preprocessor
 
     sampler = RssSampler()
     sampler.start()
-    rss_start = rss_bytes()
     preprocessor = Preprocessor(
         paths["detector"], paths["pose"], paths["sam2"], pose_backend=args.pose_backend, device=args.device
     )
     started = time.perf_counter()
-    preprocessor.detector
+    keep_few_people(preprocessor.detector, args.max_people)
     preprocessor.pose_estimator
-    if args.mode == "replace":
-        preprocessor.segmenter
+    capture = Sam2Capture(preprocessor.segmenter) if "replace" in modes else None
     load_seconds = time.perf_counter() - started
-    rss_loaded = rss_bytes()
-
-    runs = []
-    for index in range(args.warmup + args.repeats):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        run = run_once(preprocessor, args, photo, video, work / f"job{index}", sampler)
-        run["warmup"] = index < args.warmup
-        runs.append(run)
-        print(f"run {index}: {run['total_s']} s{' (warm-up)' if run['warmup'] else ''}", file=sys.stderr, flush=True)
-    sampler.stop()
-    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    timed = [run for run in runs if not run["warmup"]]
-    total = statistics.median(run["total_s"] for run in timed)
-    stages = {
-        name: {
-            "seconds": round(statistics.median(run["stages"][name]["seconds"] for run in timed), 2),
-            "per_frame_s": round(statistics.median(run["stages"][name]["seconds"] for run in timed) / max(1, frames), 3),
-            "peak_rss_gib": max(run["stages"][name]["peak_rss_gib"] for run in timed),
-        }
-        for name in timed[0]["stages"]
-    }
-
-    scale = args.extrapolate_to / args.seconds
     results = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores_visible": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
             "python": platform.python_version(),
         },
@@ -422,30 +642,81 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "models": {name: f"{_weight_bytes(path) / 2**20:.0f} MiB" for name, path in paths.items() if path.exists()},
         "pose_size": args.pose_size if args.sizes == "full" else "tiny",
-        "frames": frames,
-        "output_frames": timed[-1]["output_frames"],
-        "report": timed[-1]["report"],
-        "build_models_s": round(build_seconds, 1),
-        "write_media_s": round(media_seconds, 1),
-        "load_models_s": round(load_seconds, 2),
-        "repeats": args.repeats,
+        "max_people": args.max_people,
+        "clip": {"source_size": args.source_size, "seconds": args.seconds, "frames": frames, "resolution": args.resolution},
         "warmup": args.warmup,
-        "runs_total_s": [run["total_s"] for run in runs],
-        "stages_median": stages,
-        "total_s": round(total, 2),
-        "total_extrapolated_s": round(total * scale, 1),
-        "extrapolated_to_s": args.extrapolate_to,
-        "rss_start_gib": round(rss_start / 2**30, 2),
-        "rss_after_load_gib": round(rss_loaded / 2**30, 2),
-        "peak_rss_sampled_gib": round(sampler.peak / 2**30, 2),
-        "ru_maxrss_gib": round(ru_maxrss / 2**30, 2),
-        "peak_growth_per_frame_mib": round((max(sampler.peak, ru_maxrss) - rss_loaded) / frames / 2**20, 2),
-        "cuda_peak_allocated_gib": max(run["cuda_peak_gib"] for run in runs),
+        "build_models_and_clips_s": round(build_seconds, 1),
+        "load_models_s": round(load_seconds, 1),
+        "modes": {},
+        "sam2_iou": None,
+        "sam2_parts": {},
+        "long_clip": None,
+        "skipped": budget.skipped,
+        "json": str(args.json),
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+
+    def save() -> None:
+        results["wall_s"] = round(time.perf_counter() - budget.started, 1)
+        results["ru_maxrss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+
+    for mode in modes:
+        results["modes"][mode] = measure_mode(
+            preprocessor, mode, args, media, work, sampler, budget, capture if mode == "replace" else None
+        )
+        save()
+
+    if capture is not None and capture.frames is not None:
+        segmentation = results["modes"]["replace"]["stages_median_s"]["Segmenting the person"]
+        if budget.allows("SAM2 float32 IoU", 3 * segmentation + 20):
+            log("SAM2: the masks prepare made against float32")
+            reference, seconds = segment_with(paths["sam2"], args.device, torch.float32, capture.frames, capture.prompts)
+            fast_dtype = str(preprocessor.segmenter.dtype).replace("torch.", "")
+            results["sam2_iou"] = {
+                "reference": "float32", "float32_segment_s": round(seconds, 2), "mask_coverage_float32": round(float(reference.mean()), 4),
+                fast_dtype: mask_iou(capture.masks(), reference),
+            }  # fmt: skip
+            save()
+            if args.device == "cuda" and budget.allows("SAM2 float16 IoU", segmentation + 20):
+                log("SAM2: float16 against float32")
+                half, seconds = segment_with(paths["sam2"], args.device, torch.float16, capture.frames, capture.prompts)
+                results["sam2_iou"]["float16"] = {**mask_iou(half, reference), "segment_s": round(seconds, 2)}
+                save()
+            del reference
+        count = min(len(capture.frames), args.profile_frames)
+        frames_seen, prompts = capture.frames[:count], [prompt for prompt in capture.prompts if prompt.frame < count]
+        per_frame = segmentation / len(capture.frames)
+        capture.remove()
+        batch = preprocessor.segmenter.encoder_batch
+        for name, batch_size in (("before", 1), ("after", batch)):
+            if prompts and budget.allows(f"SAM2 parts, encoder batch {batch_size}", count * per_frame * (6 if batch_size == 1 else 2) + 5):
+                log(f"SAM2 parts, encoder batch {batch_size}")
+                results["sam2_parts"][name] = sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch_size)
+                save()
+        # torch.compile of the image encoder and the memory attention: the first run compiles, the second counts.
+        if args.compile_sam2 and prompts and budget.allows("SAM2 parts, compiled", 2 * count * per_frame * 2 + 180):
+            log("SAM2 parts, image encoder and memory attention compiled")
+            preprocessor.segmenter.model.vision_encoder.compile()
+            preprocessor.segmenter.model.memory_attention.compile()
+            started = time.perf_counter()
+            sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch)
+            compiling = time.perf_counter() - started
+            compiled = sam2_parts(preprocessor.segmenter, frames_seen, prompts, batch)
+            results["sam2_parts"]["after, compiled"] = {**compiled, "first_run_with_compiling_s": round(compiling, 1)}
+            save()
+        del frames_seen
+
+    if args.long_seconds and "animate" in results["modes"]:
+        estimate = results["modes"]["animate"]["median_total_s"] * args.long_seconds / args.seconds * 1.3 + 5
+        if budget.allows(f"{args.long_seconds:g}-s clip (Animation)", estimate):
+            log(f"{args.long_seconds:g}-s clip, Animation")
+            run = run_once(preprocessor, "animate", args, media["photo"], media["long"], work / "long", sampler)
+            results["long_clip"] = {"seconds": args.long_seconds, **run}
+            save()
+    sampler.stop()
+    save()
+    print_table(results)
 
 
 if __name__ == "__main__":

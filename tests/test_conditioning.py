@@ -136,3 +136,14 @@ def test_open_checks_the_files_without_decoding_them(tmp_path):
     write_test_video(folder / "src_face.mp4", np.zeros((3, 512, 512, 3), np.uint8), 30.0)
     with pytest.raises(WanAnimateError, match="face_frames has 3 frames but pose_frames has 4"):
         Conditioning.open(folder)
+
+
+def test_save_moves_videos_already_encoded_instead_of_encoding_them(tmp_path):
+    cond = make("animate")
+    pose = write_test_video(tmp_path / "pose.mp4", np.full((3, 32, 48, 3), 77, np.uint8), 30.0)
+    folder = cond.save(tmp_path / "cond", encoded={"src_pose.mp4": pose})
+    assert not pose.exists()
+    assert np.abs(Conditioning.load(folder).pose_frames.astype(int) - 77).max() <= 1  # the moved file, not cond's
+    with pytest.raises(ValueError, match=r"not part of animate conditioning: \['src_bg.mp4'\]"):
+        cond.save(tmp_path / "other", encoded={"src_bg.mp4": folder / "src_face.mp4"})
+    assert not (tmp_path / "other").exists()

@@ -5,6 +5,7 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
+import torch
 
 from wan_animate.demo.preprocess_models import build_tiny_detector
 from wan_animate.errors import WanAnimateError
@@ -77,6 +78,20 @@ def test_detect_scales_boxes_to_each_frame(person_detector_folder):
         normalised.append(relative[np.lexsort(relative.T[::-1])])
     np.testing.assert_allclose(normalised[1], normalised[0], atol=1e-4)
     np.testing.assert_allclose(normalised[2], normalised[0], atol=1e-4)
+
+
+def test_detect_takes_a_tensor_batch_and_bf16_autocast_keeps_the_boxes(person_detector_folder, monkeypatch):
+    detector = PersonDetector.from_pretrained(person_detector_folder, device="cpu")
+    assert detector.autocast_dtype is None  # float32 on the CPU; bfloat16 autocast on a GPU
+    frames = [frame[:48, :60] for frame in _frames()]
+    reference = detector.detect(frames)
+    from_tensor = detector.detect(torch.from_numpy(np.stack(frames)))  # as decoded batches come, on their device
+    assert all(np.array_equal(a, b) for a, b in zip(reference, from_tensor))
+    # The GPU's autocast, run here on the CPU: boxes come back as float32 and where float32 puts them.
+    monkeypatch.setattr(detector, "autocast_dtype", torch.bfloat16)
+    for fast, exact in zip(detector.detect(frames), reference):
+        assert fast.dtype == np.float32 and len(fast) == len(exact)
+        assert (box_iou(fast, exact).max(axis=1) > 0.9).all()
 
 
 def test_detect_keeps_only_the_person_class(vehicle_detector_folder):

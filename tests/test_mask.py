@@ -306,6 +306,55 @@ def test_segment_uses_every_prompted_frame_and_negative_points(segmenter):
     assert set(spy.session.output_dict_per_obj[0]["cond_frame_outputs"]) == {3, 9}
 
 
+def sam2_own_masks(segmenter: PersonSegmenter, frames: np.ndarray, prompts: list[PointPrompt]) -> np.ndarray:
+    """The masks of `transformers`' streaming session left to itself: each frame handed in as pixels (SAM2
+    encodes it in its step), in `segment`'s order, keeping every frame's state."""
+    session = segmenter.processor.init_video_session(inference_device="cpu", dtype=segmenter.dtype)
+    height, width = frames.shape[1:3]
+    masks = np.zeros(frames.shape[:3], bool)
+
+    def step(index: int, reverse: bool = False) -> None:
+        pixels = segmenter.processor(images=frames[index], return_tensors="pt").pixel_values[0]
+        output = segmenter.model(inference_session=session, frame=pixels, frame_idx=index, reverse=reverse)
+        masks[index] = segmenter.processor.post_process_masks([output.pred_masks], original_sizes=[(height, width)])[0][0, 0]
+
+    prompted = sorted({prompt.frame for prompt in prompts})
+    for index in prompted:
+        mine = [prompt for prompt in prompts if prompt.frame == index]
+        segmenter.processor.add_inputs_to_inference_session(
+            session, frame_idx=index, obj_ids=1, original_size=(height, width),
+            input_points=[[[[prompt.x, prompt.y] for prompt in mine]]],
+            input_labels=[[[int(prompt.positive) for prompt in mine]]],
+        )  # fmt: skip
+        step(index)
+    for index in range(prompted[0] + 1, len(frames)):
+        if index not in prompted:
+            step(index)
+    for index in range(prompted[0] - 1, -1, -1):
+        step(index, reverse=True)
+    return masks
+
+
+@pytest.mark.parametrize("encoder_batch", [1, 5])
+def test_segment_encodes_frames_in_batches_ahead_with_sam2s_own_result(segmenter, encoder_batch, monkeypatch):
+    frames = clip(14)
+    prompts = [PointPrompt(4, 20.0, 24.0), PointPrompt(4, 10.0, 30.0), PointPrompt(9, 5.0, 5.0, positive=False)]
+    expected = sam2_own_masks(segmenter, frames, prompts)
+    batches = []
+    encode = segmenter.model.get_image_features
+
+    def counting_encode(pixel_values, **kwargs):
+        batches.append(len(pixel_values))
+        return encode(pixel_values, **kwargs)
+
+    monkeypatch.setattr(segmenter, "encoder_batch", encoder_batch)
+    monkeypatch.setattr(segmenter.model, "get_image_features", counting_encode)
+    masks = segmenter.segment(frames, prompts)
+    assert np.array_equal(masks, expected)
+    # Every frame encoded once, in batches, and never again inside the model's step.
+    assert batches == [encoder_batch] * (14 // encoder_batch) + [14 % encoder_batch] * (14 % encoder_batch > 0)
+
+
 def test_segment_refuses_missing_or_misplaced_prompts(segmenter):
     with pytest.raises(WanAnimateError, match="at least one point"):
         segmenter.segment(clip(3), [])
@@ -339,6 +388,7 @@ def test_loading_from_the_hub_downloads_only_the_needed_files(sam2_folder, monke
     segmenter = PersonSegmenter.from_pretrained(DEFAULT_SAM2, device="cpu")
     assert calls == [{"repo_id": "facebook/sam2.1-hiera-large", "allow_patterns": SAM2_FILES}]
     assert segmenter.device == "cpu" and segmenter.dtype == torch.float32
+    assert segmenter.encoder_batch == 1  # on the CPU, frames are encoded one at a time, as SAM2 does
 
     def fetched(name: str) -> bool:
         return any(fnmatch(name, pattern) for pattern in SAM2_FILES)

@@ -7,6 +7,9 @@ ones run the real loaders on the tiny random models.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,11 +21,13 @@ from wan_animate.demo import DEMO_AREAS
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
+from wan_animate.preprocess.frames import decode_batches
 from wan_animate.preprocess.keypoints import split_wholebody
 from wan_animate.preprocess.mask import PointPrompt
 from wan_animate.preprocess.report import QualityReport
 from wan_animate.preprocess.sizing import letterbox, output_size
 from wan_animate.preprocess.skeleton import draw_skeleton
+from wan_animate.preprocess.writers import VideoWriters
 
 # The test media are smaller than the real input minimums (see tests.e2e_fixtures.TEST_LIMITS).
 pytestmark = pytest.mark.usefixtures("small_media")
@@ -245,7 +250,10 @@ def test_cpu_default_detects_every_fifth_frame_resized_like_the_pose_pass(media,
     assert (result.report.detect_every, result.report.detect_device) == (5, "cpu")
 
 
-def test_gpu_default_detects_every_frame(media, tmp_path):
+def test_gpu_default_detects_every_frame(media, tmp_path, monkeypatch):
+    # There is no GPU here: the decoded frames stay on the CPU while the detector says it is on a GPU.
+    decode_on_cpu = lambda *args, **kwargs: decode_batches(*args, **{**kwargs, "device": "cpu"})  # noqa: E731
+    monkeypatch.setattr(prepare, "decode_batches", decode_on_cpu)
     detector = FakeDetector(device="cuda:0")
     result = fake_preprocessor(detector=detector).prepare("animate", media["photo"], media["video"], tmp_path / "job")
     assert len(detector.seen) == FRAMES
@@ -358,3 +366,94 @@ def test_refuse_a_photo_or_video_under_the_minimum_size(media, tmp_path, monkeyp
     monkeypatch.setattr(validation, "MIN_VIDEO_SIDE", 201)  # the video is 400 x 200
     with pytest.raises(WanAnimateError, match=r"The video driving.mp4 is 400x200 px; its shorter side must be at least 201 px"):
         fake_preprocessor().prepare("replace", media["photo"], media["video"], tmp_path / "b")
+
+
+# -- stages, timings, writing while the GPU works, the photo's letterbox ------------------------------
+
+ANIMATION_STAGES = ["Reading the inputs", "Detecting people", "Estimating pose", "Cropping faces", "Writing videos"]
+REPLACEMENT_STAGES = ANIMATION_STAGES[:4] + ["Segmenting the person", "Making the mask and background", "Writing videos"]
+
+
+class RecordingSegmenter(FakeSegmenter):
+    """Notes what the progress bar said when SAM2 ran."""
+
+    def __init__(self, labels, events):
+        super().__init__()
+        self.labels, self.events = labels, events
+
+    def segment(self, frames, prompts, *, progress=None):
+        self.events.append(("segment", self.labels[-1]))
+        return super().segment(frames, prompts, progress=progress)
+
+
+@pytest.mark.parametrize("mode,stages", [("animate", ANIMATION_STAGES), ("replace", REPLACEMENT_STAGES)])
+def test_each_stage_is_timed_and_labelled_while_it_runs(media, tmp_path, monkeypatch, mode, stages):
+    labels, events = [], []
+
+    class RecordingWriters(VideoWriters):
+        def start(self, name, frames):
+            events.append(("write", name))
+            super().start(name, frames)
+
+    monkeypatch.setattr(prepare, "VideoWriters", RecordingWriters)
+    preprocessor = fake_preprocessor(segmenter=RecordingSegmenter(labels, events))
+    started = time.perf_counter()
+    result = preprocessor.prepare(
+        mode, media["photo"], media["video"], tmp_path / "job", progress=lambda done, total, label: labels.append(label)
+    )
+    elapsed = time.perf_counter() - started
+    assert list(result.timings) == stages
+    assert all(seconds >= 0 for seconds in result.timings.values()) and sum(result.timings.values()) <= elapsed
+    assert list(dict.fromkeys(labels)) == stages  # every stage announced itself, in order
+    assert not (tmp_path / "job" / ".encoding").exists()
+    if mode == "replace":
+        # The skeleton and face videos are encoding while SAM2 runs, and SAM2 runs under its own label.
+        assert events == [
+            ("write", "src_pose.mp4"), ("write", "src_face.mp4"), ("segment", "Segmenting the person"),
+            ("write", "src_bg.mp4"), ("write", "src_mask.mp4"), ("write", "mask.mp4"),
+        ]  # fmt: skip
+
+
+def test_a_failure_while_videos_are_encoding_leaves_nothing_behind(media, tmp_path):
+    class FailingSegmenter(FakeSegmenter):
+        def segment(self, frames, prompts, *, progress=None):
+            raise WanAnimateError("No person could be segmented")
+
+    job = tmp_path / "job"
+    with pytest.raises(WanAnimateError, match="No person could be segmented"):
+        fake_preprocessor(segmenter=FailingSegmenter()).prepare("replace", media["photo"], media["video"], job)
+    assert not job.exists()
+    assert not any(thread.name.startswith("wan-animate-") for thread in threading.enumerate())
+
+
+def test_replacement_letterboxes_the_photo_bilinearly_as_upstream(media, tmp_path, monkeypatch):
+    # The 200 x 400 video gives a 32 x 64 output. The photo is 3x that, in columns of 0, 90, 240: bilinear
+    # (upstream's cv2.INTER_LINEAR) samples each output pixel at the middle source column, 90; area averaging
+    # (what "auto" does when shrinking) would give their mean, 110.
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", 32 * 64)
+    photo = np.broadcast_to(np.tile(np.array([0, 90, 240], np.uint8), 64)[None, :, None], (96, 192, 3)).copy()
+    Image.fromarray(photo).save(tmp_path / "striped.png")
+    result = fake_preprocessor().prepare(
+        "replace", tmp_path / "striped.png", media["video"], tmp_path / "job", PreprocessOptions(resolution="480p")
+    )
+    assert result.conditioning.reference_image.shape == (32, 64, 3)
+    assert (result.conditioning.reference_image == 90).all()
+
+
+def test_animation_keeps_large_clips_at_the_held_size_for_the_face_crops(media, tmp_path, monkeypatch):
+    # The 200 x 400 clip stands in for a 4K one: kept at 100 x 200, analysed at 50 x 100.
+    monkeypatch.setattr(prepare, "HELD_MAX_SIDE", 200)
+    monkeypatch.setattr(prepare, "ANALYSIS_MAX_SIDE", 100)
+    pose = FakePose()
+    result = fake_preprocessor(pose=pose).prepare(
+        "animate", media["photo"], media["video"], tmp_path / "job", PreprocessOptions(resolution="480p")
+    )
+    assert set(pose.sizes) == {(50, 100)}
+    cond = result.conditioning
+    size = output_size(100, 80, "480p")
+    # The skeleton is still drawn on the driving video's own 200 x 400 canvas ...
+    assert np.array_equal(cond.pose_frames[0], letterbox(draw_skeleton(split_wholebody(hand_made_keypoints(200, 400)), (200, 400)), size))
+    # ... and the faces are cut from the kept 100 x 200 frames, with boxes in their pixels.
+    held = decoded(media["video"], size=(100, 200))
+    boxes, _ = track_face_boxes(np.repeat(split_wholebody(hand_made_keypoints(100, 200)).face[None], FRAMES, 0), (100, 200))
+    assert np.array_equal(cond.face_frames, crop_faces(held, boxes))

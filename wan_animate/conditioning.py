@@ -13,9 +13,8 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal, Mapping
 
 import numpy as np
 from PIL import Image
@@ -139,30 +138,43 @@ class Conditioning:
         if not isinstance(self.mask_frames, FRAME_TYPES) or self.mask_frames.ndim != 3 or self.mask_frames.dtype != np.uint8:
             yield f"mask_frames must be a (T, H, W) uint8 array, got {getattr(self.mask_frames, 'dtype', type(self.mask_frames).__name__)} {getattr(self.mask_frames, 'shape', '')}"
         # A mask read from its file is thresholded to 0/1 frame by frame (`mask_from_rgb`).
-        elif isinstance(self.mask_frames, np.ndarray) and not np.isin(np.unique(self.mask_frames), (0, 1)).all():
+        elif isinstance(self.mask_frames, np.ndarray) and self.mask_frames.size and self.mask_frames.max() > 1:
             yield "mask_frames must hold only 0 (kept) and 1 (regenerated)"
         else:
             for name, frames in (("background_frames", self.background_frames), ("mask_frames", self.mask_frames)):
                 if frames.shape[:3] != self.pose_frames.shape[:3]:
                     yield f"{name} has shape {frames.shape[:3]}, but pose_frames has {self.pose_frames.shape[:3]} (T, H, W)"
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, *, encoded: Mapping[str, Path] | None = None) -> Path:
         """Write the conditioning in the upstream layout (mp4 videos at ``fps``, png reference).
 
         The folder is written whole or not at all: files go to a temporary folder that is moved into place.
+
+        Args:
+            folder: The folder to write.
+            encoded: Videos of this conditioning that are already encoded, by file name (``{POSE_FILE: path}``;
+                preprocessing encodes them while it works on): moved into the folder instead of encoded again.
         """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        encoded = dict(encoded or {})
+
+        def write(name: str, frames) -> None:
+            if name in encoded:
+                shutil.move(encoded.pop(name), staging / name)
+            else:  # x264's veryfast preset at crf 18 (why: FAST_PRESET)
+                write_video(staging / name, frames, fps=self.fps, preset=FAST_PRESET)
+
         try:
             Image.fromarray(self.reference_image).save(staging / REFERENCE_FILE)
-            # x264's veryfast preset at crf 18 (why: FAST_PRESET).
-            write = partial(write_video, fps=self.fps, preset=FAST_PRESET)
-            write(staging / POSE_FILE, self.pose_frames)
-            write(staging / FACE_FILE, self.face_frames)
+            write(POSE_FILE, self.pose_frames)
+            write(FACE_FILE, self.face_frames)
             if self.mode == "replace":
-                write(staging / BACKGROUND_FILE, self.background_frames)
-                write(staging / MASK_FILE, (np.repeat(m[..., None], 3, axis=2) * 255 for m in self.mask_frames))
+                write(BACKGROUND_FILE, self.background_frames)
+                write(MASK_FILE, mask_video_frames(self.mask_frames))
+            if encoded:
+                raise ValueError(f"encoded videos that are not part of {self.mode} conditioning: {sorted(encoded)}")
             metadata = {"mode": self.mode, "fps": self.fps, "num_frames": self.num_frames, "audio_start": self.audio_start}
             if self.audio_source is not None:
                 metadata["audio_source"] = str(self.audio_source)
@@ -238,6 +250,11 @@ FRAME_TYPES = (np.ndarray, VideoFrames)
 def mask_from_rgb(frames: np.ndarray) -> np.ndarray:
     """A mask video's RGB frame(s) ``(..., 3)`` back to 0/1: compression blurs the 0/255 edges slightly."""
     return (frames.mean(axis=-1) >= 128).astype(np.uint8)
+
+
+def mask_video_frames(masks: np.ndarray) -> Iterator[np.ndarray]:
+    """The mask video's frames: white (255) where the mask is 1 (regenerated), black elsewhere, RGB."""
+    return (np.repeat(mask[..., None], 3, axis=2) * 255 for mask in masks)
 
 
 def _check_frames(name: str, array: object, *, ndim: int):

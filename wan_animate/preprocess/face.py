@@ -9,9 +9,11 @@ and boxes are smoothed over time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import torch
 
 from .keypoints import NUM_FACE
 
@@ -159,14 +161,15 @@ def track_face_boxes(
     return smooth_boxes(boxes, smoothing).astype(np.int64), found
 
 
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = FACE_CROP_SIZE) -> np.ndarray:
+def crop_faces(frames: np.ndarray | Sequence[torch.Tensor], boxes: np.ndarray, size: int = FACE_CROP_SIZE) -> np.ndarray:
     """Cut each frame's face box and stretch it to ``size`` x ``size``.
 
     Contract, "Face video": the crop is resized to 512 x 512, stretched (aspect not kept), with OpenCV's
     default (bilinear) interpolation.
 
     Args:
-        frames: ``(T, H, W, 3)`` uint8 RGB.
+        frames: ``(T, H, W, 3)`` uint8 RGB, or T ``(H, W, 3)`` uint8 tensors on any device (only the face
+            region is copied to the CPU).
         boxes: ``(T, 4)`` int ``[x1, y1, x2, y2]`` (from `track_face_boxes`).
         size: Side of the square crops.
 
@@ -175,13 +178,16 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = FACE_CROP_SIZE
     """
     if len(frames) != len(boxes):
         raise ValueError(f"{len(frames)} frames but {len(boxes)} face boxes.")
-    crops = np.empty((len(frames), size, size, frames.shape[-1]), dtype=frames.dtype)
-    height, width = frames.shape[1:3]
+    crops = np.empty((len(frames), size, size, 3), dtype=np.uint8)
     for index, (frame, box) in enumerate(zip(frames, boxes)):
+        height, width = frame.shape[:2]
         # Keep at least one pixel so a degenerate box still gives a (flat) crop instead of an OpenCV error.
         x1 = min(max(int(box[0]), 0), width - 1)
         y1 = min(max(int(box[1]), 0), height - 1)
         x2 = min(max(int(box[2]), x1 + 1), width)
         y2 = min(max(int(box[3]), y1 + 1), height)
-        crops[index] = cv2.resize(frame[y1:y2, x1:x2], (size, size)).reshape(size, size, -1)
+        face = frame[y1:y2, x1:x2]
+        if isinstance(face, torch.Tensor):
+            face = face.cpu().numpy()
+        crops[index] = cv2.resize(face, (size, size)).reshape(size, size, -1)
     return crops

@@ -23,7 +23,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -154,6 +154,11 @@ def usable_prompt_points(points: np.ndarray, frame_size: tuple[int, int], min_sc
         return present_points(points, min_score) & (points[..., 0] < width) & (points[..., 1] < height)
 
 
+GPU_ENCODER_BATCH = 8
+"""Frames per pass of SAM2's image encoder on a GPU (Hiera-L at 1024 x 1024 in bf16: a few GiB of activations).
+On the CPU frames are encoded one at a time, as SAM2 itself does."""
+
+
 class PersonSegmenter:
     """SAM2 video segmentation of one person through a whole clip.
 
@@ -162,13 +167,15 @@ class PersonSegmenter:
         processor: Its ``Sam2VideoProcessor``.
         device: Where the model runs (``"cuda:0"``, ``"cpu"``).
         dtype: Compute dtype (bfloat16 on CUDA, float32 on CPU).
+        encoder_batch: Frames per pass of the image encoder (see `segment`).
     """
 
-    def __init__(self, model: torch.nn.Module, processor, dtype: torch.dtype) -> None:
+    def __init__(self, model: torch.nn.Module, processor, dtype: torch.dtype, encoder_batch: int | None = None) -> None:
         self.model = model
         self.processor = processor
         self.dtype = dtype
         self.device = str(next(model.parameters()).device)
+        self.encoder_batch = encoder_batch or (GPU_ENCODER_BATCH if torch.device(self.device).type == "cuda" else 1)
 
     @classmethod
     def from_pretrained(
@@ -230,11 +237,17 @@ class PersonSegmenter:
         frame to the end, then backward from it to the first frame. All prompted frames stay in SAM2's memory
         as conditioning frames for every tracked frame.
 
-        Memory is bounded whatever the clip length: frames are preprocessed and fed one at a time (the
-        `transformers` streaming session), each frame's pixels are dropped after its step, and the per-frame
-        tracking state (mask memories, object pointers, masks) is kept only for the `memory_frames` frames that
-        SAM2 reads next, plus those right after the earliest prompted frame which the backward pass reads: at most
-        ``2 * memory_frames + 1`` tracked frames' state at any time, plus the prompted frames'.
+        The image encoder (Hiera) sees each frame alone, so it runs ahead of the tracking on `encoder_batch`
+        frames at a time, in the order they are tracked, and each frame's features are handed to the model's
+        session cache just before its step (where SAM2 would otherwise encode the frame itself); the memory
+        attention, mask decoder and memory encoder then run frame by frame, as they must.
+
+        Memory is bounded whatever the clip length: frames are preprocessed and encoded a batch at a time and
+        fed to the `transformers` streaming session one at a time, each frame's pixels and features are dropped
+        after its step, and the per-frame tracking state (mask memories, object pointers, masks) is kept only
+        for the `memory_frames` frames that SAM2 reads next, plus those right after the earliest prompted frame
+        which the backward pass reads: at most ``2 * memory_frames + 1`` tracked frames' state at any time, plus
+        the prompted frames'.
 
         Args:
             frames: (T, H, W, 3) uint8 RGB frames.
@@ -265,10 +278,16 @@ class PersonSegmenter:
         )
         masks = np.zeros((count, height, width), dtype=bool)
         done = 0
+        # The order of the steps below: the prompted frames, the forward pass, the backward pass.
+        forward = [index for index in range(first + 1, count) if index not in by_frame]
+        encoded = self._encoded_frames(frames, prompted + forward + list(range(first - 1, -1, -1)))
 
         def step(index: int, reverse: bool = False) -> None:
             nonlocal done
-            pixels = self.processor(images=frames[index], device=self.device, return_tensors="pt").pixel_values[0]
+            encoded_index, pixels, features = next(encoded)
+            if encoded_index != index:
+                raise AssertionError(f"frame {encoded_index} was encoded for step {index}")
+            session.cache.cache_vision_features(index, features)
             output = self.model(inference_session=session, frame=pixels, frame_idx=index, reverse=reverse)
             masks[index] = self._full_size_mask(output.pred_masks, (height, width))
             session.processed_frames.pop(index, None)  # this frame's pixels are never read again
@@ -301,6 +320,30 @@ class PersonSegmenter:
             _forget_tracking_state(session, index + window)
         require_mask(masks)
         return masks
+
+    def _encoded_frames(self, frames: np.ndarray, order: Sequence[int]) -> Iterator[tuple[int, torch.Tensor, dict]]:
+        """``(index, pixel values, image features)`` of the frames in ``order``, encoded `encoder_batch` at a time.
+
+        The features are what the model's own per-frame encoding caches (``Sam2VideoModel.get_image_features``:
+        per level, (H*W, 1, C) maps and position encodings); the position encodings depend on the input size only,
+        so one frame's serve the whole batch.
+        """
+        for start in range(0, len(order), self.encoder_batch):
+            chunk = order[start : start + self.encoder_batch]
+            images = [frames[index] for index in chunk]
+            pixels = self.processor(images=images, device=self.device, return_tensors="pt").pixel_values.to(self.dtype)
+            outputs = self.model.get_image_features(pixels, return_dict=True)
+            positions = [level[:, :1].contiguous() for level in outputs.fpn_position_encoding]
+            # Copies of each frame's slice, so the batch's outputs are freed before its frames are tracked.
+            features = [
+                {"vision_feats": [level[:, row : row + 1].contiguous() for level in outputs.fpn_hidden_states],
+                 "vision_pos_embeds": positions}
+                for row in range(len(chunk))
+            ]  # fmt: skip
+            del outputs
+            for row, index in enumerate(chunk):
+                yield index, pixels[row], features[row]
+                features[row] = None
 
     def _full_size_mask(self, low_res_logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """SAM2's low-resolution mask logits -> (H, W) bool at the frame size (bilinear, logit > 0)."""

@@ -4,12 +4,15 @@ The stages run in the contract's order (``WAN_ANIMATE_CONTRACT.md``)::
 
     decode -> detect person -> track -> whole-body pose -> skeleton / face crops [-> SAM2 mask, background]
 
+The driving clip is decoded once, on a worker thread, while the person detector works on the frames already
+decoded (`frames.decode_batches`); the frames later stages need are kept where the models run: Animation keeps
+the decoded frames (at most `HELD_MAX_SIDE`; the pose model sees them resized to `ANALYSIS_MAX_SIDE`, the face
+crops are cut from them), on the GPU when there is one; Replacement keeps the frames resized to the output size,
+which SAM2 and the background need. The conditioning videos are encoded on worker threads as soon as their
+frames are known (`writers.VideoWriters`): in Replacement the skeleton and face videos while SAM2 runs.
+
 On the CPU the person detector runs on every few frames only and the boxes in between are interpolated
 (`PreprocessOptions.detect_every`); the pose model still runs on every frame.
-
-Animation decodes the clip in three streaming passes (detection, pose, then face crops from the original
-frames) so a long 1080p or 4K clip is never held in memory at its source size; Replacement works on frames
-resized to the output size, which it needs in memory anyway for SAM2 and the background.
 """
 
 from __future__ import annotations
@@ -17,21 +20,25 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from .. import validation
-from ..conditioning import BACKGROUND_FILE, FACE_FILE, POSE_FILE, Conditioning, Mode
+from ..conditioning import BACKGROUND_FILE, FACE_FILE, MASK_FILE, POSE_FILE, Conditioning, Mode, mask_video_frames
 from ..errors import WanAnimateError
 from ..progress import ProgressCallback
-from ..video import DEFAULT_MAX_SECONDS, FAST_PRESET, iter_video, probe_video, read_image, write_video
-from .detect import DEFAULT_DETECTOR, PersonDetector, PersonTrack, detection_stride, follow_person, is_detection_frame, track_person
+from ..video import DEFAULT_MAX_SECONDS, VideoInfo, probe_video, read_image
+from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, PersonTrack, detection_stride, follow_person, is_detection_frame, track_person
 from .face import crop_faces, track_face_boxes
+from .frames import decode_batches, fit_within, letterbox_frames, resize_frames
 from .keypoints import WholeBodyPose, fill_missing_bodies, split_wholebody
 from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frames, keypoint_prompts, mask_coverage, mask_overlay_frames, refine_masks
 from .pose import DEFAULT_POSE_REPO, PoseEstimator
@@ -39,11 +46,19 @@ from .report import QualityReport
 from .retarget import retarget_poses
 from .sizing import RESOLUTION_AREAS, letterbox, output_size
 from .skeleton import draw_skeleton
+from .writers import VideoWriters
 
 logger = logging.getLogger("wan_animate")
 
 ANALYSIS_MAX_SIDE = 1280
 """Animation detects people and estimates pose on frames no larger than this (keypoints are scaled back)."""
+
+HELD_MAX_SIDE = 1920
+"""Animation keeps the decoded frames no larger than this (a 4K clip is kept at 1080p; smaller clips at their own
+size), for the face crops: 6 MB per 1080p frame, 1.9 GB for 10 s, on the GPU when there is one."""
+
+MASK_PREVIEW_FILE = "mask.mp4"
+"""Replacement: the mask drawn over the frames, for a person to check it (not part of the conditioning)."""
 
 MIN_PERSON_RATIO = 0.25
 """Below this fraction of frames with the person, preprocessing refuses: the motion would be mostly guessed."""
@@ -52,6 +67,7 @@ WARN_PERSON_RATIO = 0.9
 WARN_POSE_CONFIDENCE = 0.5
 WARN_FACE_RATIO = 0.8
 BATCH = 8
+"""Frames per batch on the CPU (detector and pose model); a GPU takes `detect.GPU_BATCH`."""
 
 
 @dataclass
@@ -131,6 +147,8 @@ class Preprocessed:
         face_video: Preview of the face crops.
         mask_video: Replacement: the mask drawn over the frames.
         background_video: Replacement: the background video the model gets.
+        timings: Seconds per stage (keyed by its progress label), in the order they ran; they add up to the
+            time `Preprocessor.prepare` took.
     """
 
     conditioning: Conditioning
@@ -140,6 +158,17 @@ class Preprocessed:
     face_video: Path
     mask_video: Path | None = None
     background_video: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Detected:
+    """Person boxes found while the clip was decoded: on which frames, and how the detector ran (for the report)."""
+
+    frames: list[int]
+    boxes: list[np.ndarray]
+    every: int
+    device: str
 
 
 @dataclass
@@ -223,7 +252,7 @@ class Preprocessor:
             video: The driving video.
             workdir: Folder for the conditioning and previews; created, and removed again on failure.
             options: Settings; defaults when ``None``.
-            progress: Called per stage as ``progress(done, total, description)``.
+            progress: Called per stage as ``progress(done, total, description)``, from this thread.
 
         Raises:
             WanAnimateError: Unreadable inputs, clip too long or too large, no person, no face, empty mask.
@@ -232,11 +261,12 @@ class Preprocessor:
         options.check()
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        stages = _Stages(progress)
         try:
             if mode == "animate":
-                return self._animation(Path(image), Path(video), workdir, options, progress)
+                return self._animation(Path(image), Path(video), workdir, options, stages)
             if mode == "replace":
-                return self._replacement(Path(image), Path(video), workdir, options, progress)
+                return self._replacement(Path(image), Path(video), workdir, options, stages)
             raise WanAnimateError(f"Unknown mode {mode!r}: use 'animate' or 'replace'.")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -244,36 +274,109 @@ class Preprocessor:
 
     # -- stages shared by both modes ------------------------------------------------------------------
 
-    def _track(
+    def _batch_size(self) -> int:
+        return GPU_BATCH if torch.device(self.detector.device).type == "cuda" else BATCH
+
+    def _decode_and_detect(
         self,
-        frames: _FrameSource | _ArraySource,
+        video: Path,
+        info: VideoInfo,
         options: PreprocessOptions,
         point: tuple[int, float, float] | None,
-        progress: ProgressCallback | None,
-    ) -> _Tracked:
-        """Detect people every few frames, follow one person, and estimate their whole-body pose in every frame."""
+        stages: _Stages,
+        *,
+        analysis: Callable[[torch.Tensor], torch.Tensor],
+        keep: Callable[[torch.Tensor, torch.Tensor], Sequence],
+        size: tuple[int, int] | None = None,
+    ) -> tuple[list, _Detected]:
+        """Decode the clip once, keep what later stages need, and detect people on the detection frames as they arrive
+        (in the caller's "Detecting people" stage).
+
+        Args:
+            video: The driving video.
+            info: Its `probe_video` facts.
+            options: The job's decoding and detection settings.
+            point: The chosen person's ``(frame, x, y)`` in analysis pixels, or ``None``.
+            stages: The job's stages.
+            analysis: Decoded batch -> the frames the detector and the pose model see (same device).
+            keep: ``(decoded batch, analysis batch)`` -> the frames to keep, one item per frame.
+            size: Size the decoder itself resizes frames to, or ``None`` for the source size.
+
+        Returns:
+            The kept frames, and the detections: on every ``every``-th frame (`is_detection_frame`), the
+            chosen point's frame and the last frame.
+        """
         device = str(self.detector.device)
-        every = detection_stride(options.detect_every, device, frames.fps)
+        fps = float(options.fps or info.fps)
+        every = detection_stride(options.detect_every, device, fps)
         extra = set() if point is None else {int(point[0])}
-        detected, detections = self._detect(frames, every, extra, options.detection_threshold, progress)
-        logger.info("Person detector on %s, stride %d: ran on %d of %d frames.", device, every, len(detected), frames.count)
-        track = follow_person(detections, detected, frames.count, point=point)
-        found = ~np.isnan(track.boxes).any(axis=1)
-        if not found.any():
-            raise WanAnimateError(
-                "No person was found in the driving video. Use a clip with one clearly visible person."
-            )
-        if found.mean() < MIN_PERSON_RATIO:
-            raise WanAnimateError(
-                f"A person was found in only {found.sum()} of {len(found)} frames. Trim the clip to the part "
-                "where the person is in view."
-            )
-        keypoints = []
-        for start, batch in zip(range(0, frames.count, BATCH), frames.batches()):
-            boxes = track.boxes[start : start + len(batch)]
-            keypoints.append(self.pose_estimator.estimate(batch, boxes))
-            _notify(progress, start + len(batch), frames.count, "Estimating pose")
-        poses = split_wholebody(np.concatenate(keypoints))
+        batch_size = self._batch_size()
+        expected = _expected_frames(info.duration, fps, options)
+        kept: list = []
+        detected = _Detected(frames=[], boxes=[], every=every, device=device)
+        waiting: list[tuple[int, torch.Tensor]] = []  # detection frames, run a batch at a time
+
+        def detect(frames: list[tuple[int, torch.Tensor]]) -> None:
+            batch = torch.stack([frame for _, frame in frames])
+            detected.boxes += self.detector.detect(batch, score_threshold=options.detection_threshold)
+            detected.frames += [index for index, _ in frames]
+
+        decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
+        for batch in decode_batches(video, batch=batch_size, device=device, size=size, **decode):
+            first = len(kept)
+            analysed = analysis(batch)
+            kept += keep(batch, analysed)
+            rows = [row for row in range(len(batch)) if is_detection_frame(first + row, every, extra)]
+            waiting += [(first + row, analysed[row]) for row in rows]
+            if len(waiting) >= batch_size:
+                detect(waiting)
+                waiting = []
+            stages.notify(len(kept), max(expected, len(kept)))
+        if not rows or rows[-1] != len(batch) - 1:
+            waiting.append((len(kept) - 1, analysed[-1]))  # the last frame is always detected
+        if waiting:
+            detect(waiting)
+        logger.info("Person detector on %s, stride %d: ran on %d of %d frames.", device, every, len(detected.frames), len(kept))
+        return kept, detected
+
+    def _track(
+        self,
+        detected: _Detected,
+        count: int,
+        analysis_frames: Callable[[int, int], np.ndarray],
+        point: tuple[int, float, float] | None,
+        stages: _Stages,
+    ) -> _Tracked:
+        """Follow one person through the detections and estimate their whole-body pose in every frame.
+
+        Args:
+            detected: The detections of `_decode_and_detect`.
+            count: Frames in the clip.
+            analysis_frames: ``(start, stop)`` -> those frames as the detector saw them, (N, H, W, 3) uint8.
+            point: The chosen person's ``(frame, x, y)`` in analysis pixels, or ``None``.
+            stages: The job's stages.
+        """
+        with stages("Estimating pose", count):
+            track = follow_person(detected.boxes, detected.frames, count, point=point)
+            found = ~np.isnan(track.boxes).any(axis=1)
+            if not found.any():
+                raise WanAnimateError(
+                    "No person was found in the driving video. Use a clip with one clearly visible person."
+                )
+            if found.mean() < MIN_PERSON_RATIO:
+                raise WanAnimateError(
+                    f"A person was found in only {found.sum()} of {len(found)} frames. Trim the clip to the part "
+                    "where the person is in view."
+                )
+            keypoints = []
+            batch_size = self._batch_size()
+            for start in range(0, count, batch_size):
+                frames = analysis_frames(start, min(start + batch_size, count))
+                boxes = track.boxes[start : start + len(frames)]
+                keypoints.append(self.pose_estimator.estimate(list(frames), boxes, batch_size=len(frames)))
+                stages.notify(start + len(frames), count)
+            poses = split_wholebody(np.concatenate(keypoints))
+            poses = _with_body(poses, fill_missing_bodies(poses.body))
         warnings = []
         if track.persons_seen > 1 and point is None:
             warnings.append(
@@ -282,7 +385,7 @@ class Preprocessor:
             )
         if found.mean() < WARN_PERSON_RATIO:
             warnings.append(f"The person is missing in {(~found).sum()} frames; the pose there is carried over.")
-        return _Tracked(poses=poses, track=track, detect_every=every, detect_device=device, warnings=warnings)
+        return _Tracked(poses=poses, track=track, detect_every=detected.every, detect_device=detected.device, warnings=warnings)
 
     @staticmethod
     def _check_person_size(tracked: _Tracked, to_video_pixels: float, video_name: str) -> None:
@@ -299,30 +402,9 @@ class Preprocessor:
         if warning:
             tracked.warnings.append(warning)
 
-    def _detect(
-        self,
-        frames: _FrameSource | _ArraySource,
-        every: int,
-        extra: set[int],
-        threshold: float,
-        progress: ProgressCallback | None,
-    ) -> tuple[list[int], list[np.ndarray]]:
-        """Person boxes on the detection frames (`is_detection_frame`, and the last frame), in batches.
-
-        Returns:
-            The detected frames' indices and, per detected frame, its (N, 5) boxes.
-        """
-        indices: list[int] = []
-        detections: list[np.ndarray] = []
-        wanted = _sampled(frames.frames(), lambda index: is_detection_frame(index, every, extra))
-        for batch in _batched(wanted, BATCH):
-            detections += self.detector.detect([frame for _, frame in batch], score_threshold=threshold)
-            indices += [index for index, _ in batch]
-            _notify(progress, indices[-1] + 1, frames.count, "Detecting people")
-        return indices, detections
-
-    def _faces(self, tracked: _Tracked, frame_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-        boxes, found = track_face_boxes(tracked.poses.face, frame_size)
+    def _faces(self, tracked: _Tracked, face: np.ndarray, frame_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """Face boxes of the clip from its (T, 68, 3) ``face`` landmarks in pixels of frames of ``frame_size``."""
+        boxes, found = track_face_boxes(face, frame_size)
         if not found.any():
             raise WanAnimateError(
                 "No face was found in the driving video. The model needs the performer's face: use a clip where "
@@ -362,53 +444,67 @@ class Preprocessor:
     # -- modes ----------------------------------------------------------------------------------------
 
     def _animation(
-        self, image_path: Path, video_path: Path, workdir: Path, options: PreprocessOptions, progress: ProgressCallback | None
+        self, image_path: Path, video_path: Path, workdir: Path, options: PreprocessOptions, stages: _Stages
     ) -> Preprocessed:
         """Animation: the output takes the photo's aspect; the skeleton is drawn on the driving frame's own
         canvas and letterboxed into the output (or, with retargeting, drawn on the output canvas)."""
-        reference = read_image(image_path)
-        validation.check_photo_size(*reference.shape[:2], image_path.name)
-        size = output_size(reference.shape[0], reference.shape[1], options.resolution)
-        reference = letterbox(reference, size, interpolation="auto")
-        info = probe_video(video_path)
-        validation.check_video_size(info.height, info.width, video_path.name)
+        with stages("Reading the inputs"):
+            reference = read_image(image_path)
+            validation.check_photo_size(*reference.shape[:2], image_path.name)
+            size = output_size(reference.shape[0], reference.shape[1], options.resolution)
+            reference = letterbox(reference, size, interpolation="auto")
+            info = probe_video(video_path)
+            validation.check_video_size(info.height, info.width, video_path.name)
         source_size = (info.height, info.width)
-        scale = min(1.0, ANALYSIS_MAX_SIDE / max(source_size))
-        analysis_size = (max(1, round(source_size[0] * scale)), max(1, round(source_size[1] * scale)))
-        decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
-        analysis = _FrameSource(video_path, size=analysis_size, **decode)
+        held_size = fit_within(source_size, HELD_MAX_SIDE)
+        analysis_size = fit_within(source_size, ANALYSIS_MAX_SIDE)
         point = _scale_point(options.person_point, size, analysis_size)
-        tracked = self._track(analysis, options, point, progress)
-        self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
-        # Keypoints back into the driving video's own pixels (the canvas the contract draws on).
-        tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
-        tracked.poses = _with_body(tracked.poses, fill_missing_bodies(tracked.poses.body))
-        face_boxes, face_ratio = self._faces(tracked, source_size)
+        fps = float(options.fps or info.fps)
+        with stages("Detecting people", _expected_frames(info.duration, fps, options)):
+            held, detected = self._decode_and_detect(
+                video_path,
+                info,
+                options,
+                point,
+                stages,
+                analysis=lambda frames: resize_frames(frames, analysis_size),
+                keep=lambda decoded, _: list(decoded),
+                size=None if held_size == source_size else held_size,
+            )
 
-        if options.retarget:
-            reference_pose = self._reference_pose(reference)
-            poses, canvas = retarget_poses(reference_pose, tracked.poses), size
-        else:
-            poses, canvas = tracked.poses, source_size
-        skeleton = np.empty((analysis.count, *size, 3), np.uint8)
-        faces = np.empty((analysis.count, 512, 512, 3), np.uint8)
-        original = _FrameSource(video_path, size=None, **decode)
-        for index, frame in enumerate(original.frames()):
-            drawn = draw_skeleton(poses.frame(index), canvas)
-            skeleton[index] = drawn if canvas == size else letterbox(drawn, size)
-            faces[index] = crop_faces(frame[None], face_boxes[index : index + 1])[0]
-            _notify(progress, index + 1, original.count, "Drawing skeleton and cropping faces")
-        conditioning = Conditioning(
-            mode="animate",
-            reference_image=reference,
-            pose_frames=skeleton,
-            face_frames=faces,
-            fps=analysis.fps,
-            audio_source=video_path if info.has_audio else None,
-            audio_start=options.start,
-        )
-        report = self._report(tracked, face_ratio)
-        return _write_outputs(workdir, conditioning, report, progress)
+        def analysis_frames(start: int, stop: int) -> np.ndarray:
+            return resize_frames(torch.stack(held[start:stop]), analysis_size).cpu().numpy()
+
+        tracked = self._track(detected, len(held), analysis_frames, point, stages)
+        self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
+        skeleton = np.empty((len(held), *size, 3), np.uint8)
+        with VideoWriters(workdir / ".encoding", fps) as writers:
+            with stages("Cropping faces"):
+                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the kept
+                # frames' (for the face crops).
+                tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
+                if options.retarget:
+                    reference_pose = self._reference_pose(reference)
+                    poses, canvas = retarget_poses(reference_pose, tracked.poses), size
+                else:
+                    poses, canvas = tracked.poses, source_size
+                writers.start(POSE_FILE, _drawn_skeleton(poses, canvas, skeleton))
+                face = tracked.poses.face * [held_size[1] / source_size[1], held_size[0] / source_size[0], 1.0]
+                face_boxes, face_ratio = self._faces(tracked, face, held_size)
+                faces = crop_faces(held, face_boxes)
+                del held  # the decoded clip, possibly on the GPU
+                writers.start(FACE_FILE, faces)
+                # The skeleton frames are still being drawn on a writer thread; `_finish` waits for them.
+                conditioning = Conditioning(
+                    mode="animate",
+                    reference_image=reference,
+                    pose_frames=skeleton,
+                    face_frames=faces,
+                    fps=fps,
+                    audio_source=video_path if info.has_audio else None,
+                    audio_start=options.start,
+                )
+            return self._finish(workdir, conditioning, self._report(tracked, face_ratio), writers, stages)
 
     def _reference_pose(self, reference: np.ndarray) -> WholeBodyPose:
         """The character's own pose, for retargeting (the photo as letterboxed into the output)."""
@@ -418,111 +514,158 @@ class Preprocessor:
         return split_wholebody(keypoints).frame(0)
 
     def _replacement(
-        self, image_path: Path, video_path: Path, workdir: Path, options: PreprocessOptions, progress: ProgressCallback | None
+        self, image_path: Path, video_path: Path, workdir: Path, options: PreprocessOptions, stages: _Stages
     ) -> Preprocessed:
         """Replacement: the output takes the video's aspect; frames are resized to the output size first and
         everything is computed at that size."""
-        info = probe_video(video_path)
-        validation.check_video_size(info.height, info.width, video_path.name)
-        size = output_size(info.height, info.width, options.resolution)
-        photo = read_image(image_path)
-        validation.check_photo_size(*photo.shape[:2], image_path.name)
-        reference = letterbox(photo, size, interpolation="auto")
-        decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
-        source = _FrameSource(video_path, size=None, **decode)
-        # Each decoded frame is letterboxed into the output size at once (as upstream's padding resize), so only
-        # output-size frames are kept.
-        frames = np.stack([letterbox(frame, size, interpolation="auto") for frame in source.frames()])
-        in_memory = _ArraySource(frames, source.fps)
-        tracked = self._track(in_memory, options, options.person_point, progress)
+        with stages("Reading the inputs"):
+            info = probe_video(video_path)
+            validation.check_video_size(info.height, info.width, video_path.name)
+            size = output_size(info.height, info.width, options.resolution)
+            # Upstream's padding_resize: a bilinear letterbox (cv2.INTER_LINEAR), also when shrinking the photo.
+            photo = read_image(image_path)
+            validation.check_photo_size(*photo.shape[:2], image_path.name)
+            reference = letterbox(photo, size, interpolation="bilinear")
+        fps = float(options.fps or info.fps)
+        with stages("Detecting people", _expected_frames(info.duration, fps, options)):
+            # Each decoded frame is letterboxed into the output size at once (as upstream's padding resize), so
+            # only output-size frames are kept (on the CPU: SAM2 and the background need them there).
+            kept, detected = self._decode_and_detect(
+                video_path,
+                info,
+                options,
+                options.person_point,
+                stages,
+                analysis=lambda frames: letterbox_frames(frames, size, interpolation="auto"),
+                keep=lambda _, letterboxed: list(letterboxed.cpu().numpy()),
+            )
+            frames = np.stack(kept)
+            del kept
+        tracked = self._track(detected, len(frames), lambda start, stop: frames[start:stop], options.person_point, stages)
         self._check_person_size(tracked, info.height / size[0], video_path.name)
-        tracked.poses = _with_body(tracked.poses, fill_missing_bodies(tracked.poses.body))
-        face_boxes, face_ratio = self._faces(tracked, size)
-        skeleton = np.stack([draw_skeleton(tracked.poses.frame(i), size) for i in range(len(frames))])
-        faces = crop_faces(frames, face_boxes)
+        skeleton = np.empty((len(frames), *size, 3), np.uint8)
+        with VideoWriters(workdir / ".encoding", fps) as writers:
+            with stages("Cropping faces"):
+                writers.start(POSE_FILE, _drawn_skeleton(tracked.poses, size, skeleton))
+                face_boxes, face_ratio = self._faces(tracked, tracked.poses.face, size)
+                faces = crop_faces(frames, face_boxes)
+                writers.start(FACE_FILE, faces)
+            with stages("Segmenting the person", len(frames)):
+                clicks = list(options.points)
+                # Clicked frames also get the keypoint prompts, so a lone negative click never stands alone.
+                prompts = keypoint_prompts(tracked.poses.body, size, click_frames=[p.frame for p in clicks]) + clicks
+                masks = self.segmenter.segment(frames, prompts, progress=stages.progress)
+            with stages("Making the mask and background", len(frames)):
+                masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
+                coverage = mask_coverage(masks)
+                background = background_frames(frames, masks)
+                writers.start(BACKGROUND_FILE, background)
+                writers.start(MASK_FILE, mask_video_frames(masks))
+                writers.start(MASK_PREVIEW_FILE, _mask_overlays(frames, masks))
+                conditioning = Conditioning(
+                    mode="replace",
+                    reference_image=reference,
+                    pose_frames=skeleton,
+                    face_frames=faces,
+                    fps=fps,
+                    background_frames=background,
+                    mask_frames=masks,
+                    audio_source=video_path if info.has_audio else None,
+                    audio_start=options.start,
+                )
+            return self._finish(workdir, conditioning, self._report(tracked, face_ratio, coverage), writers, stages)
 
-        clicks = list(options.points)
-        # Clicked frames also get the keypoint prompts, so a lone negative click never stands alone on its frame.
-        prompts = keypoint_prompts(tracked.poses.body, size, click_frames=[p.frame for p in clicks]) + clicks
-        masks = self.segmenter.segment(frames, prompts, progress=progress)
-        masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
-        coverage = mask_coverage(masks)
-        conditioning = Conditioning(
-            mode="replace",
-            reference_image=reference,
-            pose_frames=skeleton,
-            face_frames=faces,
-            fps=source.fps,
-            background_frames=background_frames(frames, masks),
-            mask_frames=masks,
-            audio_source=video_path if info.has_audio else None,
-            audio_start=options.start,
+    def _finish(
+        self,
+        workdir: Path,
+        conditioning: Conditioning,
+        report: QualityReport,
+        writers: VideoWriters,
+        stages: _Stages,
+    ) -> Preprocessed:
+        """Wait for the videos, then save the conditioning (upstream layout) beside the previews a person looks at.
+
+        The skeleton, face and background previews are the conditioning's own videos (what the model will be fed,
+        encoded once); only the mask overlay is a video of its own.
+        """
+        with stages("Writing videos", len(writers)):
+            encoded = writers.wait(stages.progress, "Writing videos")
+            mask_preview = encoded.pop(MASK_PREVIEW_FILE, None)
+            folder = conditioning.save(workdir / "conditioning", encoded=encoded)
+            result = Preprocessed(
+                conditioning=conditioning,
+                report=report,
+                folder=workdir,
+                skeleton_video=folder / POSE_FILE,
+                face_video=folder / FACE_FILE,
+            )
+            if mask_preview is not None:
+                result.mask_video = Path(shutil.move(mask_preview, workdir / MASK_PREVIEW_FILE))
+                result.background_video = folder / BACKGROUND_FILE
+        result.timings = dict(stages.seconds)
+        logger.info(
+            "Preprocessed %d frames (%s) in %.1f s %s: %s",
+            conditioning.num_frames,
+            conditioning.mode,
+            sum(stages.seconds.values()),
+            {name: round(seconds, 2) for name, seconds in stages.seconds.items()},
+            report.to_dict(),
         )
-        report = self._report(tracked, face_ratio, coverage)
-        return _write_outputs(workdir, conditioning, report, progress, overlay=mask_overlay_frames(frames, masks))
+        return result
 
 
-class _FrameSource:
-    """A driving clip decoded on demand (possibly several times) with fixed decoding arguments."""
+class _Stages:
+    """A job's stages, one after another: each tells the progress callback it has started and is timed.
 
-    def __init__(self, path: Path, *, size: tuple[int, int] | None, **decode) -> None:
-        self.path, self.size, self.decode = path, size, decode
-        info = probe_video(path)
-        self.fps = float(decode.get("fps") or info.fps)
-        end = info.duration if decode.get("end") is None else min(decode["end"], info.duration)
-        self._estimate = max(1, round((end - decode.get("start", 0.0)) * self.fps))
-        self._count: int | None = None
+    The times are the wall time the job spends in each stage, so they add up to the job's time (what worker
+    threads do counts in the stage that waits for it).
+    """
 
-    @property
-    def count(self) -> int:
-        """Frames in the clip: exact once a pass has been decoded, estimated from the header before."""
-        return self._count if self._count is not None else self._estimate
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._current = ""
+        self._running = False
 
-    def frames(self) -> Iterator[np.ndarray]:
-        count = 0
-        for frame in iter_video(self.path, size=self.size, **self.decode):
-            count += 1
-            yield frame
-        self._count = count
+    @contextmanager
+    def __call__(self, name: str, total: int = 1) -> Iterator[None]:
+        if self._running:  # a stage inside another would be counted twice
+            raise RuntimeError(f"stage {name!r} started inside {self._current!r}")
+        self._current, self._running = name, True
+        self.notify(0, total)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._running = False
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
-    def batches(self) -> Iterator[list[np.ndarray]]:
-        return _batched(self.frames(), BATCH)
-
-
-class _ArraySource:
-    """Frames already in memory, with the same interface as `_FrameSource`."""
-
-    def __init__(self, frames: np.ndarray, fps: float) -> None:
-        self.array, self.fps, self.count = frames, fps, len(frames)
-
-    def frames(self) -> Iterator[np.ndarray]:
-        return iter(self.array)
-
-    def batches(self) -> Iterator[list[np.ndarray]]:
-        for start in range(0, self.count, BATCH):
-            yield list(self.array[start : start + BATCH])
+    def notify(self, done: int, total: int) -> None:
+        """Report progress within the current stage."""
+        if self.progress is not None:
+            self.progress(min(done, total), total, self._current)
 
 
-def _sampled(frames: Iterable[np.ndarray], wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index, frame)`` of the wanted frames and of the last frame (whose index is known only at the end)."""
-    index, frame = -1, None
-    for index, frame in enumerate(frames):
-        if wanted(index):
-            yield index, frame
-    if frame is not None and not wanted(index):
-        yield index, frame
+def _expected_frames(duration: float, fps: float, options: PreprocessOptions) -> int:
+    """Frames the clip will have, from its header (for progress before decoding has counted them)."""
+    end = duration if options.end is None else min(options.end, duration)
+    return max(1, round((end - options.start) * fps))
 
 
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last may be shorter)."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _drawn_skeleton(poses: WholeBodyPose, canvas: tuple[int, int], skeleton: np.ndarray) -> Iterator[np.ndarray]:
+    """Draw each frame's skeleton on a ``canvas``-sized image, letterbox it into ``skeleton``'s frames (bilinear,
+    contract "Skeleton video") and yield it: drawn on the thread that encodes it."""
+    size = skeleton.shape[1:3]
+    for index in range(len(skeleton)):
+        drawn = draw_skeleton(poses.frame(index), canvas)
+        skeleton[index] = drawn if canvas == size else letterbox(drawn, size)
+        yield skeleton[index]
+
+
+def _mask_overlays(frames: np.ndarray, masks: np.ndarray) -> Iterator[np.ndarray]:
+    """`mask_overlay_frames`, one frame at a time (the preview is never held whole)."""
+    for index in range(len(frames)):
+        yield mask_overlay_frames(frames[index : index + 1], masks[index : index + 1])[0]
 
 
 def _with_body(poses: WholeBodyPose, body: np.ndarray) -> WholeBodyPose:
@@ -536,39 +679,3 @@ def _scale_point(
         return None
     frame, x, y = point
     return frame, x * to_size[1] / from_size[1], y * to_size[0] / from_size[0]
-
-
-def _notify(progress: ProgressCallback | None, done: int, total: int, description: str) -> None:
-    if progress is not None:
-        progress(min(done, total), total, description)
-
-
-def _write_outputs(
-    workdir: Path,
-    conditioning: Conditioning,
-    report: QualityReport,
-    progress: ProgressCallback | None,
-    *,
-    overlay: np.ndarray | None = None,
-) -> Preprocessed:
-    """Save the conditioning (upstream layout) and the previews a person looks at.
-
-    The skeleton, face and background previews are the conditioning's own videos (what the model will be fed,
-    encoded once); only the mask overlay is a video of its own.
-    """
-    _notify(progress, 0, 1, "Writing previews")
-    folder = conditioning.save(workdir / "conditioning")
-    result = Preprocessed(
-        conditioning=conditioning,
-        report=report,
-        folder=workdir,
-        skeleton_video=folder / POSE_FILE,
-        face_video=folder / FACE_FILE,
-    )
-    if overlay is not None:
-        result.mask_video = write_video(workdir / "mask.mp4", overlay, conditioning.fps, preset=FAST_PRESET)
-        result.background_video = folder / BACKGROUND_FILE
-    _notify(progress, 1, 1, "Writing previews")
-    logger.info("Preprocessed %d frames (%s): %s", conditioning.num_frames, conditioning.mode, report.to_dict())
-    return result
-

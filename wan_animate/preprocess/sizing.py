@@ -65,7 +65,7 @@ def output_size(height: int, width: int, resolution: Resolution = "720p") -> tup
     return new_h, new_w
 
 
-def _fit(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[int, int, int, int]:
+def letterbox_fit(src_size: tuple[int, int], dst_size: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(fitted_h, fitted_w, pad_top, pad_left)`` of a letterbox, with upstream's integer truncation.
 
     The source is fitted to the destination's height when it is relatively taller (compared exactly, in
@@ -96,7 +96,7 @@ def letterbox_transform(src_size: tuple[int, int], dst_size: tuple[int, int]) ->
     """
     src_h, src_w = src_size
     dst_h, dst_w = dst_size
-    _, _, pad_top, pad_left = _fit(src_size, dst_size)
+    _, _, pad_top, pad_left = letterbox_fit(src_size, dst_size)
     scale = dst_h / src_h if src_h * dst_w > dst_h * src_w else dst_w / src_w
     return scale, float(pad_left), float(pad_top)
 
@@ -119,7 +119,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int], interpolation: Interpola
     """
     src_h, src_w = image.shape[:2]
     dst_h, dst_w = size
-    fitted_h, fitted_w, pad_top, pad_left = _fit((src_h, src_w), (dst_h, dst_w))
+    fitted_h, fitted_w, pad_top, pad_left = letterbox_fit((src_h, src_w), (dst_h, dst_w))
     fitted = resize_frame(image, (fitted_h, fitted_w), interpolation)
     out = np.zeros((dst_h, dst_w, *image.shape[2:]), dtype=image.dtype)
     fitted = fitted.reshape(fitted_h, fitted_w, *image.shape[2:])  # OpenCV drops a single channel axis
