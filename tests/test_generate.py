@@ -315,3 +315,26 @@ def test_out_of_memory_mid_job_is_a_sentence_and_the_next_job_runs(pipeline, mon
     monkeypatch.setattr(type(pipeline.transformer), "forward", real_forward)
     again = generate(pipeline, conditioning, GenerationSettings(**FAST))
     assert again.complete and again.frames.shape[0] == 9
+
+
+def test_out_of_memory_inside_the_vae_leaves_no_cached_features(pipeline, monkeypatch):
+    """Wan's VAE keeps every causal convolution's last features between chunks; an error mid-encode left them on the
+    GPU until the next job (4.9 GiB above the model on the H200, benchmarks/RESULTS.md)."""
+    from wan_animate.out_of_memory import GpuOutOfMemory
+
+    conditioning = make_conditioning("animate", frames=9)
+    conv_class = type(next(m for m in pipeline.vae.encoder.modules() if type(m).__name__ == "WanCausalConv3d"))
+    real_forward = conv_class.forward
+    calls = []
+
+    def failing_forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 40:  # inside the first encode, after some chunks' features were cached
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(conv_class, "forward", failing_forward)
+    with pytest.raises(GpuOutOfMemory):
+        generate(pipeline, conditioning, GenerationSettings(**FAST))
+    assert len(calls) == 40
+    assert all(feature is None for feature in pipeline.vae._enc_feat_map)
