@@ -489,9 +489,7 @@ def write_video(
                         raise ValueError(f"H.264 in yuv420p needs even frame sides, got {width}x{height}")
                     video.width, video.height = width, height
                 picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                # To yuv420p here, on one thread: the encoder's own conversion runs FFmpeg's swscale on the codec's
-                # threads, whose slices gave slightly different pixels from one run to the next.
-                for packet in video.encode(picture.reformat(format="yuv420p", threads=1)):
+                for packet in video.encode(picture):
                     output.mux(packet)
                 count += 1
             if count == 0:
