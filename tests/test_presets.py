@@ -152,14 +152,14 @@ def test_draft_span_decodes_to_at_most_one_segment(tmp_path, source_fps):
 
 def test_generation_estimate_counts_segments_steps_and_guidance():
     quality = GenerationSettings(num_inference_steps=20)
-    # 77 frames: one segment of 20 steps at 12.9 s, plus 19.9 s around it and 77 frames written at 0.052 s,
-    # plus the load margin (benchmarks/RESULTS.md).
-    assert estimate_generation_seconds(77, "720p", quality) == pytest.approx(20 * 12.9 + 19.9 + 77 * 0.052 + MODEL_LOAD_SECONDS)
+    # 77 frames: one segment of 20 steps at 12.8 s, plus 16.125 s around them (64.5 s outside the steps of a 4-segment
+    # 720p clip on the H200), plus the load margin (benchmarks/RESULTS.md, section 6).
+    assert estimate_generation_seconds(77, "720p", quality) == pytest.approx(20 * 12.8 + 16.125 + MODEL_LOAD_SECONDS)
     # 150 frames with overlap 1: segments cover 77 + 76 frames, so two segments.
-    assert estimate_generation_seconds(150, "720p", quality, include_load=False) == pytest.approx(2 * (20 * 12.9 + 19.9 + 77 * 0.052))
-    assert estimate_generation_seconds(77, "480p", quality, include_load=False) == pytest.approx(20 * 3.6 + 10.8 + 77 * 0.033)
+    assert estimate_generation_seconds(150, "720p", quality, include_load=False) == pytest.approx(2 * (20 * 12.8 + 16.125))
+    assert estimate_generation_seconds(77, "480p", quality, include_load=False) == pytest.approx(20 * 3.6 + 7.1875)
     cfg = GenerationSettings(num_inference_steps=20, guidance_scale=2.0)
-    assert estimate_generation_seconds(77, "480p", cfg, include_load=False) == pytest.approx(20 * 3.6 * 2 + 10.8 + 77 * 0.033)
+    assert estimate_generation_seconds(77, "480p", cfg, include_load=False) == pytest.approx(20 * 3.6 * 2 + 7.1875)
     with pytest.raises(WanAnimateError):
         estimate_generation_seconds(77, "1080p", quality)
 

@@ -300,17 +300,18 @@ class StepTimes:
     per_segment: float
 
 
-# Measured on one H100, mode "none", plain (uncompiled) steps: benchmarks/RESULTS.md, "Seconds for the Space's
-# spaces.GPU duration estimate". "Per segment" includes the VAE encodes and decode and the video writing.
+# Measured on one H200 through the segment loop, mode "none", plain (uncompiled) steps, 10-s clips (4 segments):
+# benchmarks/RESULTS.md, section 6. "Per segment" is everything outside the steps (VAE encodes and decode, the
+# encoders, the CPU work, and the writing the loop could not overlap), divided by the segments.
 STEP_TIMES: dict[str, StepTimes] = {
-    "720p": StepTimes(per_step=12.9, per_segment=19.9 + 77 * 0.052),
-    "480p": StepTimes(per_step=3.6, per_segment=10.8 + 77 * 0.033),
+    "720p": StepTimes(per_step=12.8, per_segment=64.5 / 4),
+    "480p": StepTimes(per_step=3.6, per_segment=28.75 / 4),
 }
 
 MODEL_LOAD_SECONDS = 90.0
 """Margin for loading the pipeline (and LoRAs) onto the GPU when the job finds it not yet loaded."""
 
-PREPROCESS_SECONDS_PER_FRAME = {"animate": 0.06, "replace": 0.2}
+PREPROCESS_SECONDS_PER_FRAME = {"animate": 0.04, "replace": 0.15}
 """Detection + pose (+ SAM2 and the background in Replacement) per conditioning frame."""
 
 PREPROCESS_LOAD_SECONDS = 30.0
