@@ -93,7 +93,6 @@ def _serve(config):
         mcp_server=True,
         quiet=True,
         show_error=True,
-        allowed_paths=[str(demo.studio.work_root)],
     )
     return demo, demo.local_url
 
