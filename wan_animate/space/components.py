@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import gradio.utils
 from gradio import processing_utils
 from gradio.data_classes import ImageData
 
@@ -38,6 +39,10 @@ class PhotoFile(gr.Image):
             return None
         if payload.url and payload.url.startswith("data:"):  # an API client may send the bytes inline
             return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE, payload.orig_name)
+        # Gradio refuses a path that was not uploaded only for a payload that carries FileData's "meta" key, which
+        # ImageData (unlike FileData) does not require: without this check a client could name any server file.
+        if not payload.path or not gradio.utils.is_in_or_equal(payload.path, self.GRADIO_CACHE):
+            raise gr.Error("Upload the photo itself: the app reads only files uploaded to it.", print_exception=False)
         return payload.path
 
 

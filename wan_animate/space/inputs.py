@@ -74,7 +74,10 @@ def seed_or_random(value: Any) -> int | None:
     """A seed in `validation.SEED`'s range, or ``None`` (draw one) for empty or `RANDOM_SEED`."""
     if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == RANDOM_SEED):
         return None
-    return validation.SEED.check(value)
+    try:
+        return validation.SEED.check(value)
+    except WanAnimateError as error:
+        raise WanAnimateError(f"{error} Use {RANDOM_SEED} for a random seed.") from None
 
 
 def generation_settings(
