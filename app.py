@@ -19,11 +19,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from wan_animate import validation
+from wan_animate.jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
 from wan_animate.models import DEFAULT_MODEL_ID, get_pipeline
 from wan_animate.picker import describe_clicks
 from wan_animate.presets import DEFAULT_FAST_LORA, available_presets, get_preset
-from wan_animate import validation
-from wan_animate.jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
 from wan_animate.space import PREVIEWS, AppConfig, Studio
 from wan_animate.space.components import Dropdown, PhotoFile, Radio, Slider
 from wan_animate.video import DEFAULT_MAX_SECONDS

@@ -19,10 +19,10 @@ import pytest
 
 from tests.bad_inputs import CASES, Case, Outcome, check_outcome, make_media
 from tests.e2e_fixtures import serve, tiny_models  # noqa: F401  (session fixture)
-from wan_animate.demo import DEMO_AREAS, demo_sizes
 from wan_animate import validation
 from wan_animate.cli import main
 from wan_animate.conditioning import Conditioning
+from wan_animate.demo import DEMO_AREAS, demo_sizes
 from wan_animate.errors import WanAnimateError
 from wan_animate.generate import GenerationSettings, generate
 from wan_animate.picker import conditioning_size, parse_clicks, person_point, to_point_prompts
@@ -260,8 +260,8 @@ def run_app(case: Case, client, media: dict[str, Path], jobs: dict[str, str]) ->
 
 @pytest.mark.parametrize("case", APP_CASES, ids=lambda case: case.id)
 def test_bad_input_through_the_app_client(case, served, nan_json):
-    from gradio_client import handle_file
     from gradio.utils import get_upload_folder
+    from gradio_client import handle_file
 
     demo, client, media, jobs = served
     jobs_before = set(demo.studio.work_root.iterdir())

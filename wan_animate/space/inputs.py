@@ -14,8 +14,8 @@ from .. import validation
 from ..caching import STEP_CACHES
 from ..errors import WanAnimateError
 from ..generate import GenerationSettings
-from ..presets import PRESETS, apply_preset, get_preset
 from ..preprocess.sizing import RESOLUTION_AREAS
+from ..presets import PRESETS, apply_preset, get_preset
 
 RANDOM_SEED = -1
 """The seed the page shows for "pick one"."""
@@ -45,7 +45,7 @@ def start_time(start: Any) -> float:
 
 def optional_end(end: Any) -> float | None:
     """The trim's end in seconds; empty or 0 means "to the end of the video"."""
-    if end is None or end == "" or (isinstance(end, (int, float)) and not isinstance(end, bool) and end == 0):
+    if end is None or end == "" or _is_number(end, 0):
         return None
     return validation.END.check(end)
 
@@ -72,12 +72,17 @@ def output_resolution(value: Any) -> str:
 
 def seed_or_random(value: Any) -> int | None:
     """A seed in `validation.SEED`'s range, or ``None`` (draw one) for empty or `RANDOM_SEED`."""
-    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == RANDOM_SEED):
+    if value is None or value == "" or _is_number(value, RANDOM_SEED):
         return None
     try:
         return validation.SEED.check(value)
     except WanAnimateError as error:
         raise WanAnimateError(f"{error} Use {RANDOM_SEED} for a random seed.") from None
+
+
+def _is_number(value: Any, number: int) -> bool:
+    """``value`` is ``number`` sent as a number (``True == 1`` in Python, but a checkbox value is not a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
 
 def generation_settings(

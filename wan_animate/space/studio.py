@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import tempfile
 import threading
-from dataclasses import replace
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +56,10 @@ from ..presets import (
     estimate_generation_seconds,
     format_minutes,
 )
+from ..validation import BLOCKIFY, MASK_ITERATIONS, MASK_KERNEL
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
 from .gpu_time import GpuTime, duration_of
-from ..validation import BLOCKIFY, MASK_ITERATIONS, MASK_KERNEL
 from .inputs import flag, frame_rate, generation_settings, optional_end, output_resolution, start_time
 
 PREVIEWS = {"animate": ("skeleton", "faces"), "replace": ("skeleton", "faces", "mask", "background")}
