@@ -19,10 +19,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from wan_animate import validation
+from wan_animate.jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
 from wan_animate.models import DEFAULT_MODEL_ID, get_pipeline
 from wan_animate.picker import describe_clicks
 from wan_animate.presets import DEFAULT_FAST_LORA, available_presets, get_preset
 from wan_animate.space import PREVIEWS, AppConfig, Studio
+from wan_animate.space.components import Dropdown, PhotoFile, Radio, Slider
 from wan_animate.video import DEFAULT_MAX_SECONDS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -46,6 +49,11 @@ PREVIEW_LABELS = {
     "mask": "Mask (regenerated area)",
     "background": "Background the model keeps",
 }
+# The cleaning flags, checked by the package's rule for numbers.
+MAX_JOB_AGE = validation.FloatField("--max-job-age (hours)", 0.0, None)
+MAX_JOB_GB = validation.FloatField("--max-job-gb", 0.0, None)
+CLEAN_EVERY = validation.FloatField("--clean-every (minutes)", 0.0, None, low_open=True)
+KEEP_RESULTS = validation.IntField("--keep-results", 1, 100)
 MODE_TEXT = {
     "animate": "The character in the photo performs the video's motion and facial expressions, in the photo's setting.",
     "replace": "The character takes the place of the person in the video, lit like the scene.",
@@ -57,7 +65,7 @@ class _Tab:
     """The components of one tab that events read and write."""
 
     mode: str
-    photo: gr.Image
+    photo: PhotoFile
     video: gr.Video
     start: gr.Number
     end: gr.Number
@@ -106,7 +114,9 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
     replace = mode == "replace"
     gr.Markdown(f"{MODE_TEXT[mode]}\n\n{GOOD_INPUTS}")
     # The example comes first (on a phone it would be far below the fold); the inputs it fills are placed after it.
-    photo = gr.Image(label="Character photo", type="filepath", sources=["upload", "clipboard"], height=360, elem_id=f"{mode}-photo", render=False)
+    # The settings' components hand their values to the actions as sent (`wan_animate.space.components`): the
+    # photo as the uploaded file, numbers and choices unchecked, so the package's rules are the only ones applied.
+    photo = PhotoFile(label="Character photo", type="filepath", sources=["upload", "clipboard"], height=360, elem_id=f"{mode}-photo", render=False)
     video = gr.Video(label="Video (its person is replaced)" if replace else "Driving video", sources=["upload"], height=360, elem_id=f"{mode}-video", render=False)
     gr.Examples(
         examples=[[str(ASSETS / "character.jpg"), str(ASSETS / "dance.mp4")]],
@@ -119,8 +129,8 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         photo.render()
         video.render()
     with gr.Row():
-        start = gr.Number(label="Start (s)", value=0.0, minimum=0.0, step=0.1, elem_id=f"{mode}-start")
-        end = gr.Number(label="End (s, 0 = to the end)", value=0.0, minimum=0.0, step=0.1)
+        start = gr.Number(label="Start (s)", value=0.0, step=0.1, elem_id=f"{mode}-start")
+        end = gr.Number(label="End (s, 0 = to the end)", value=0.0, step=0.1)
         video_line = gr.Markdown()
     with gr.Accordion(
         "Points: choose the person, fix the mask" if replace else "Choose the person (only if several are in view)",
@@ -144,17 +154,17 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         picker_frame = gr.State(None)
     with gr.Accordion("Settings", open=False):
         with gr.Row():
-            resolution = gr.Radio(["720p", "480p"], value="720p", label="Resolution")
-            fps = gr.Radio([("30 fps", "30"), ("Source rate", "source")], value="30", label="Frame rate")
+            resolution = Radio(["720p", "480p"], value="720p", label="Resolution")
+            fps = Radio([("30 fps", "30"), ("Source rate", "source")], value="30", label="Frame rate")
             presets = available_presets(studio.fast_available)
-            preset = gr.Radio([(p.label, p.name) for p in presets], value="quality", label="Preset",
+            preset = Radio([(p.label, p.name) for p in presets], value="quality", label="Preset",
                               info=None if studio.fast_available else "Fast needs a few-step LoRA (--fast-lora).")
         with gr.Row():
-            steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=f"{mode}-steps")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-            guidance = gr.Slider(1.0, 6.0, value=1.0, step=0.5, label="Guidance (1 = off; above 1 doubles the time)")
-            overlap = gr.Radio([1, 5], value=1, label="Overlap frames between segments")
-            step_cache = gr.Dropdown(
+            steps = Slider.for_field(validation.STEPS, value=20, step=1, label="Steps", elem_id=f"{mode}-steps")
+            seed = gr.Number(value=-1, step=1, label="Seed (-1 = random)", elem_id=f"{mode}-seed")
+            guidance = Slider.for_field(validation.GUIDANCE, value=1.0, step=0.5, label="Guidance (1 = off; above 1 doubles the time)")
+            overlap = Radio([1, 5], value=1, label="Overlap frames between segments")
+            step_cache = Dropdown(
                 [("Off", "none"), ("First-block cache", "first_block"), ("TaylorSeer (lite)", "taylorseer")],
                 value="none", label="Step cache (experimental)",
                 info="Skips parts of some steps: ~1.6x faster at 480p; its quality cost is not known yet. Off in the fast preset.",
@@ -164,7 +174,7 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
             mode_inputs, relight_inputs, mask_inputs = [], [], []
             if replace:
                 relight = gr.Checkbox(label="Relighting (the character takes the scene's light)", value=True)
-                relight_weight = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Relighting weight")
+                relight_weight = Slider.for_field(validation.RELIGHT_WEIGHT, value=1.0, step=0.05, label="Relighting weight")
                 relight_inputs = [relight, relight_weight]
             else:
                 retarget = gr.Checkbox(label="Retarget to the character's proportions", value=False)
@@ -172,9 +182,9 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         if replace:
             with gr.Row():
                 mask_inputs = [
-                    gr.Slider(1, 31, value=7, step=2, label="Mask dilation kernel (px)", elem_id=f"{mode}-mask-kernel"),
-                    gr.Slider(0, 10, value=3, step=1, label="Mask dilation iterations", elem_id=f"{mode}-mask-iterations"),
-                    gr.Slider(1, 32, value=1, step=1, label="Blockify grid (1 = whole box)", elem_id=f"{mode}-blockify"),
+                    Slider.for_field(validation.MASK_KERNEL, value=7, step=2, label="Mask dilation kernel (px)", elem_id=f"{mode}-mask-kernel"),
+                    Slider.for_field(validation.MASK_ITERATIONS, value=3, step=1, label="Mask dilation iterations", elem_id=f"{mode}-mask-iterations"),
+                    Slider.for_field(validation.BLOCKIFY, value=1, step=1, label="Blockify grid (1 = whole box)", elem_id=f"{mode}-blockify"),
                 ]
     # Widths: one row at 1280 px with no label wrapped; on a phone, two short buttons or one long one per line.
     with gr.Row(elem_id=f"{mode}-actions"):
@@ -294,7 +304,9 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
 def build_demo(config: AppConfig) -> gr.Blocks:
     """The page: title, runtime line, then the Animation and Replacement tabs, each with its example first."""
     studio = Studio(config)
-    with gr.Blocks(title="Wan2.2-Animate", delete_cache=(3600, int(config.max_job_age))) as demo:
+    # Gradio's copies of uploads, previews and results are deleted on the jobs' timer and age limit.
+    copies_age = int(config.max_job_age or DEFAULT_MAX_AGE_SECONDS)
+    with gr.Blocks(title="Wan2.2-Animate", delete_cache=(int(config.clean_interval), copies_age)) as demo:
         gr.Markdown(INTRO)
         if config.demo:
             gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
@@ -330,7 +342,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     parser.add_argument("--gpu-concurrency", type=int, default=int(env("WAN_ANIMATE_GPU_CONCURRENCY", "1")), help="GPU jobs at once (default 1).")
     parser.add_argument("--preprocess-concurrency", type=int, default=int(env("WAN_ANIMATE_PREPROCESS_CONCURRENCY", "2")), help="Extractions at once (default 2).")
     parser.add_argument("--max-queue", type=int, default=int(env("WAN_ANIMATE_MAX_QUEUE", "20")), help="Longest queue (default 20).")
-    parser.add_argument("--work-dir", type=Path, default=env("WAN_ANIMATE_WORK_DIR"), help="Folder for job files (default: inside Gradio's cache).")
+    parser.add_argument("--work-dir", type=Path, default=env("WAN_ANIMATE_WORK_DIR"), help="Folder for job files, never served (default: wan_animate_jobs in the temp folder; it must be under the current or the temp folder, outside Gradio's upload folder; env WAN_ANIMATE_WORK_DIR).")
+    parser.add_argument("--max-job-age", type=MAX_JOB_AGE.parse, default=env("WAN_ANIMATE_MAX_JOB_AGE_HOURS", f"{DEFAULT_MAX_AGE_SECONDS / 3600:g}"), metavar="HOURS", help=f"Delete jobs unused for longer; 0 = no age limit (default {DEFAULT_MAX_AGE_SECONDS / 3600:g}; env WAN_ANIMATE_MAX_JOB_AGE_HOURS).")
+    parser.add_argument("--max-job-gb", type=MAX_JOB_GB.parse, default=env("WAN_ANIMATE_MAX_JOB_GB", f"{DEFAULT_MAX_BYTES / 2**30:g}"), metavar="GIB", help=f"Delete the least recently used jobs beyond this size; 0 = no size limit (default {DEFAULT_MAX_BYTES / 2**30:g}; env WAN_ANIMATE_MAX_JOB_GB).")
+    parser.add_argument("--clean-every", type=CLEAN_EVERY.parse, default=env("WAN_ANIMATE_CLEAN_MINUTES", f"{DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}"), metavar="MINUTES", help=f"Minutes between cleanings of the jobs folder (default {DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}; env WAN_ANIMATE_CLEAN_MINUTES).")
+    parser.add_argument("--keep-results", type=KEEP_RESULTS.parse, default=env("WAN_ANIMATE_KEEP_RESULTS", "1"), metavar="N", help="Results each job keeps; older ones are deleted (default 1; env WAN_ANIMATE_KEEP_RESULTS).")
     parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=ON_ZEROGPU, help="Load the pipeline at start (default: on ZeroGPU only).")
     args = parser.parse_args(argv)
     config = AppConfig(
@@ -338,7 +354,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
         memory_mode=args.memory_mode, dtype=args.dtype, fp8=args.fp8, allow_cpu=args.allow_cpu,
         fast_lora=None if args.fast_lora.lower() in ("", "none") else args.fast_lora, relight_lora=args.relight_lora, gpu_concurrency=max(1, args.gpu_concurrency),
         preprocess_concurrency=max(1, args.preprocess_concurrency), max_queue=max(1, args.max_queue),
-        work_dir=args.work_dir, preload=args.preload,
+        work_dir=args.work_dir, preload=args.preload, max_job_age=args.max_job_age * 3600 or None,
+        max_job_bytes=int(args.max_job_gb * 2**30) or None, clean_interval=args.clean_every * 60, keep_results=args.keep_results,
     )
     return config, args
 
@@ -356,8 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         demo = build_demo(config)
         if config.preload:
             get_pipeline(**config.pipeline_kwargs())
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=True,
-                    allowed_paths=[str(demo.studio.work_root)])
+        # No allowed_paths: the jobs folder is never served; the page gets Gradio's copies of what it shows.
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=True)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ def e2e_media(tmp_path_factory) -> dict[str, Path]:
     return {"photo": photo, "video": long, "short_video": short}
 
 
-def _serve(config):
-    """Build and launch the app in this process on a free localhost port; returns (demo, url)."""
+@contextmanager
+def serve(config: AppConfig):
+    """The app built from ``config``, served in this process on a free localhost port while the block runs; yields
+    the Blocks (its URL is ``demo.local_url``, its actions ``demo.studio``)."""
     import app
 
     demo = app.build_demo(config)
@@ -93,9 +95,12 @@ def _serve(config):
         mcp_server=True,
         quiet=True,
         show_error=True,
-        allowed_paths=[str(demo.studio.work_root)],
     )
-    return demo, demo.local_url
+    try:
+        yield demo
+    finally:
+        demo.close()
+        demo.studio.cleaner.stop()
 
 
 # Module scope: the shrunk frame areas must not leak into other test modules (test_sizing checks the real ones).
@@ -105,12 +110,8 @@ def served_demo(tiny_models, tmp_path_factory):
     small frames (the Blocks; its actions are ``demo.studio``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     config = AppConfig(work_dir=tmp_path_factory.mktemp("jobs")).with_tiny_models(tiny_models)
-    with demo_sizes(), small_media_limits():
-        demo, _ = _serve(config)
-        try:
-            yield demo
-        finally:
-            demo.close()
+    with demo_sizes(), small_media_limits(), serve(config) as demo:
+        yield demo
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,5 @@ def light_app(tmp_path_factory):
         model=str(missing / "checkpoint"), detector=str(missing / "detector"), pose_model=str(missing / "pose"),
         sam2=str(missing / "sam2"), allow_cpu=True, work_dir=tmp_path_factory.mktemp("jobs"),
     )
-    demo, url = _serve(config)
-    try:
-        yield url
-    finally:
-        demo.close()
+    with serve(config) as demo:
+        yield demo.local_url

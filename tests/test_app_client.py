@@ -135,7 +135,7 @@ def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e
         handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, 0.3, "480p", "30", False, "",
         api_name="/extract_animation",
     )
-    request = types.SimpleNamespace(session_hash="stop-test")
+    request = types.SimpleNamespace(session_hash=client.session_hash)  # the job is the client's session's
     reports = []
 
     def press_stop_on_first_step(value, desc=None, **_):

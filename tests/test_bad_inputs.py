@@ -1,8 +1,9 @@
-"""The bad-input matrix (tests.bad_inputs.CASES) through the package API and the CLI.
+"""The bad-input matrix (tests.bad_inputs.CASES) through the package API, the CLI and the served app's client API.
 
-Each case must end in a result or in `WanAnimateError` (the CLI: exit code 2 and one ``error:`` line) whose
-sentence names the user's file or the field, and shows no server path or errno; a refused extraction leaves no
-folder behind. Input files are real ones at the real minimum sizes (`wan_animate.validation`); only the
+Each case must end in a result or in `WanAnimateError` (the CLI: exit code 2 and one ``error:`` line; the app: a
+`gr.Error` that `gradio_client` raises as `AppError`) whose sentence names the user's file or the field, and shows
+no server path or errno; a refused extraction leaves no folder behind, and after each case the app still serves a
+good request. Input files are real ones at the real minimum sizes (`wan_animate.validation`); only the
 smallest person is lowered, because the tiny random detector finds people a few pixels tall (the person limit
 is checked with hand-made boxes in tests/test_validation.py).
 """
@@ -17,15 +18,16 @@ import numpy as np
 import pytest
 
 from tests.bad_inputs import CASES, Case, Outcome, check_outcome, make_media
-from tests.e2e_fixtures import tiny_models  # noqa: F401  (session fixture)
-from wan_animate.demo import DEMO_AREAS
+from tests.e2e_fixtures import serve, tiny_models  # noqa: F401  (session fixture)
 from wan_animate import validation
 from wan_animate.cli import main
 from wan_animate.conditioning import Conditioning
+from wan_animate.demo import DEMO_AREAS, demo_sizes
 from wan_animate.errors import WanAnimateError
 from wan_animate.generate import GenerationSettings, generate
 from wan_animate.picker import conditioning_size, parse_clicks, person_point, to_point_prompts
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, sizing
+from wan_animate.space import AppConfig
 
 CLI_FLAGS = {
     "start": "--start",
@@ -191,8 +193,91 @@ def test_bad_input_through_the_real_entry_point(case_id, media, tiny_models, tmp
     check_outcome(case, cli_outcome(run.returncode, run.stderr), private=(str(media["photo"].parent),))
 
 
+# -- the served app, through gradio_client ---------------------------------------------------------------------
+
+APP_SETTINGS = {"start", "end", "fps", "resolution", "points", "mask_kernel", "mask_iterations", "blockify", "steps", "seed", "guidance", "relight_weight"}
+"""The settings the app's endpoints have (it has no max_seconds, detect_every nor shift)."""
+
+CLIENT_CANNOT_SEND = {"photo_missing", "video_missing"}
+"""gradio_client reads a file before sending it: a missing file never reaches the app (the client raises
+FileNotFoundError); the app's sentence for a file that is gone is checked through the package above."""
+
+APP_CASES = [
+    case for case in CASES if set(case.settings) <= APP_SETTINGS and not {case.photo, case.video} & CLIENT_CANNOT_SEND
+]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models, tmp_path_factory):  # noqa: F811
+    """The app as ``python app.py --demo`` serves it (tiny models, small frames), with the real photo and video
+    minimums (the cases' files are at those sizes); a client of one session; and a job of each mode to
+    generate from, made by that client."""
+    from gradio_client import Client, handle_file
+
+    config = AppConfig(work_dir=tmp_path_factory.mktemp("jobs")).with_tiny_models(tiny_models)
+    with demo_sizes(), serve(config) as demo:
+        client = Client(demo.local_url, download_files=str(tmp_path_factory.mktemp("downloads")), verbose=False)
+        media = make_media(tmp_path_factory.mktemp("app_uploads"))
+        photo, video = handle_file(str(media["photo"])), handle_file(str(media["video"]))
+        jobs = {
+            "animate": client.predict(photo, video, resolution="480p", api_name="/extract_animation")[-1],
+            "replace": client.predict(photo, video, resolution="480p", api_name="/extract_replacement")[-1],
+        }
+        yield demo, client, media, jobs
+
+
+@pytest.fixture
+def nan_json(monkeypatch):
+    """Let gradio_client send NaN and infinities as Python's json writes them (httpx refuses to; a hostile client's
+    HTTP library, or curl, does not)."""
+    import json
+
+    import httpx._content
+
+    monkeypatch.setattr(httpx._content, "json_dumps", lambda value, **options: json.dumps(value, **{**options, "allow_nan": True}))
+
+
+def run_app(case: Case, client, media: dict[str, Path], jobs: dict[str, str]) -> Outcome:
+    """The case through the app's client API: an extraction endpoint for inputs, /animate or /replace (from a job of
+    this client's) for generation settings."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    settings = dict(case.settings)
+    try:
+        if case.stage == "generate":
+            mode = "replace" if case.mode == "replace" or "relight_weight" in settings else "animate"
+            values = dict(job_id=jobs[mode], steps=settings.pop("steps", 1), seed=settings.pop("seed", 1), **settings)
+            client.predict(**values, api_name=f"/{mode}")
+        else:
+            values = dict(photo=handle_file(str(media[case.photo])), video=handle_file(str(media[case.video])),
+                          resolution=settings.pop("resolution", "480p"), **settings)  # fmt: skip
+            client.predict(**values, api_name=f"/extract_{'replacement' if case.mode == 'replace' else 'animation'}")
+        return Outcome(True)
+    except AppError as error:
+        return Outcome(False, str(error))
+
+
+@pytest.mark.parametrize("case", APP_CASES, ids=lambda case: case.id)
+def test_bad_input_through_the_app_client(case, served, nan_json):
+    from gradio.utils import get_upload_folder
+    from gradio_client import handle_file
+
+    demo, client, media, jobs = served
+    jobs_before = set(demo.studio.work_root.iterdir())
+    outcome = run_app(case, client, media, jobs)
+    check_outcome(case, outcome, private=(str(demo.studio.work_root), get_upload_folder(), str(media["photo"].parent)))
+    if not outcome.ok and case.stage == "preprocess":
+        assert set(demo.studio.work_root.iterdir()) == jobs_before, "a refused extraction must leave no job folder"
+    # The app still serves a good request.
+    *_, report, job_id = client.predict(
+        handle_file(str(media["photo"])), handle_file(str(media["video"])), resolution="480p", api_name="/extract_animation"
+    )
+    assert report["frames"] == 6 and job_id.startswith("animate-")
+
+
 def test_the_matrix_covers_every_class_of_bad_input():
     ids = [case.id for case in CASES]
-    assert len(CASES) >= 40 and len(CLI_CASES) >= 40
+    assert len(CASES) >= 40 and len(CLI_CASES) >= 40 and len(APP_CASES) >= 40
     for prefix in ("bad_photo", "refuse_photo", "ok_photo", "bad_video", "refuse_video", "bad_points", "bad_seed", "bad_steps"):
         assert any(case_id.startswith(prefix) for case_id in ids), prefix

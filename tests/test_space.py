@@ -263,6 +263,38 @@ def test_inputs_read_the_page_values():
         generation_settings("fast", 4, 7, 1.0, 1, False, fast_available=False)
 
 
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        (("quality", float("nan"), -1, 1.0, 1, False), "Steps"),
+        (("quality", 20, float("nan"), 1.0, 1, False), "Seed"),
+        (("quality", 20, -5, 1.0, 1, False), "-1 for a random seed"),
+        (("quality", 20, -1, 1.0, 3, False), "Overlap frames"),
+        (("quality", 20, -1, 1.0, 1, "no"), "Colour consistency"),
+        (("quality", 20, -1, 1.0, 1, False, True, float("inf")), "Relighting weight"),
+        ((["quality"], 20, -1, 1.0, 1, False), "Preset"),
+        (("quality", 20, -1, 1.0, 1, False, None, 1.0, "turbo"), "Step cache"),
+    ],
+)
+def test_bad_generation_values_are_refused_naming_the_setting(values, named):
+    with pytest.raises(WanAnimateError, match=named):
+        generation_settings(*values, fast_available=True)
+
+
+def test_bad_extraction_values_are_refused_before_a_job_is_made(studio, inputs):
+    for values, named in [
+        (dict(mask_kernel=float("nan")), "Mask dilation kernel"),
+        (dict(blockify=2.5), "Blockify grid"),
+        (dict(resolution=["720p"]), "Resolution"),
+        (dict(fps=float("inf")), "Frame rate"),
+        (dict(start=-1), "Start"),
+        (dict(end=-2), "End"),
+    ]:
+        with pytest.raises(gr.Error, match=named):
+            studio.extract_replacement(*inputs, **values, progress=Recorder())
+    assert not studio.preprocessor.calls and not list(studio.work_root.iterdir())
+
+
 def test_tiny_models_config_runs_on_the_cpu_and_says_it_is_a_demo(tmp_path):
     from wan_animate.demo import TinyModels
 

@@ -68,6 +68,8 @@ class JobRecord:
         created: Unix time the job was made.
         photo_name: The photo's name as the user gave it (for messages).
         video_name: The video's name as the user gave it.
+        owner: The app session that made the job (Gradio's session hash); the app lets only that session use
+            it. ``None`` for a job made outside a session (the package API, the CLI).
     """
 
     mode: Mode
@@ -85,6 +87,7 @@ class JobRecord:
     created: float = field(default_factory=time.time)
     photo_name: str = ""
     video_name: str = ""
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ def new_job(
     options: dict[str, Any] | None = None,
     photo_name: str | None = None,
     video_name: str | None = None,
+    owner: str | None = None,
 ) -> Job:
     """Make a job folder under ``root`` with the inputs linked (or copied) in under the user's file names.
 
@@ -210,6 +214,7 @@ def new_job(
         photo_name: The photo's name as the user gave it, when ``photo`` is a server copy of another name
             (default: ``photo``'s own name). Messages about the file use it.
         video_name: Likewise for the video.
+        owner: `JobRecord.owner`.
 
     Raises:
         WanAnimateError: Unknown mode, a missing input file, or a trim that is not finite or ends before it starts.
@@ -237,6 +242,7 @@ def new_job(
         options=dict(options or {}),
         photo_name=photo_name,
         video_name=video_name,
+        owner=owner,
     )
     job = Job(id=job_id, folder=folder, record=record)
     job.save()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
 from ..models import DEFAULT_MODEL_ID
 
 if TYPE_CHECKING:
@@ -30,8 +31,12 @@ class AppConfig:
         gpu_concurrency: GPU jobs run at once.
         preprocess_concurrency: Extractions run at once.
         max_queue: Longest queue before new jobs are turned away.
-        work_dir: Folder for job files; by default inside Gradio's cache folder.
-        max_job_age: Seconds after which unused job folders are deleted.
+        work_dir: Folder for job files (`wan_animate.space.studio.jobs_folder`); by default ``wan_animate_jobs``
+            in the temporary folder. Never served: the page gets Gradio's copies of previews and results.
+        max_job_age: Seconds after which unused job folders are deleted (``None``: no age limit).
+        max_job_bytes: Size the job folders are cleaned down to, least recently used first (``None``: no limit).
+        clean_interval: Seconds between cleanings of the job folders (also cleaned at start and before each job).
+        keep_results: Results (with their side-by-side videos) a job keeps; older ones are deleted.
         preload: Load the pipeline at start (ZeroGPU wants models loaded before the first GPU call).
         demo: The models are `wan_animate.demo`'s tiny random ones: the page says that the output is noise.
     """
@@ -50,7 +55,10 @@ class AppConfig:
     preprocess_concurrency: int = 2
     max_queue: int = 20
     work_dir: Path | None = None
-    max_job_age: float = 6 * 3600
+    max_job_age: float | None = DEFAULT_MAX_AGE_SECONDS
+    max_job_bytes: int | None = DEFAULT_MAX_BYTES
+    clean_interval: float = DEFAULT_CLEAN_INTERVAL_SECONDS
+    keep_results: int = 1
     preload: bool = False
     demo: bool = False
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import spaces
 from ..conditioning import Conditioning
 from ..errors import GenerationCancelled, WanAnimateError
 from ..generate import GenerationResult, GenerationSettings, generate_video
-from ..jobs import Job, new_job, open_job, prune_jobs
+from ..jobs import Cleaner, Job, JobResult, JobStore
 from ..models import describe_runtime, get_pipeline
 from ..picker import (
     click_at,
@@ -54,16 +56,21 @@ from ..presets import (
     estimate_generation_seconds,
     format_minutes,
 )
+from ..validation import BLOCKIFY, MASK_ITERATIONS, MASK_KERNEL
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
 from .gpu_time import GpuTime, duration_of
-from .inputs import frame_rate, generation_settings, optional_end
+from .inputs import flag, frame_rate, generation_settings, optional_end, output_resolution, start_time
 
 PREVIEWS = {"animate": ("skeleton", "faces"), "replace": ("skeleton", "faces", "mask", "background")}
 """The preview panes of each mode, in the order the extraction endpoints return them."""
 
 NO_RESULT = (None, None, "", None)
 """A generation's outputs (result, side by side, summary, details) before there is a result."""
+
+MODE_TITLES = {"animate": "Animation", "replace": "Replacement"}
+
+logger = logging.getLogger("wan_animate.app")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -133,8 +140,11 @@ class Studio:
         self.config = config
         sources = {"detector": config.detector, "pose": config.pose_model, "sam2": config.sam2}
         self.preprocessor = Preprocessor(**{key: value for key, value in sources.items() if value})
-        self.work_root = Path(config.work_dir or Path(gradio.utils.get_upload_folder()) / "wan_animate_jobs")
-        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.work_root = jobs_folder(config.work_dir)
+        # Bounded by age and size: cleaned before each new job, and on a timer for the age limit while idle.
+        self.jobs = JobStore(self.work_root, max_age_seconds=config.max_job_age, max_bytes=config.max_job_bytes)
+        self.cleaner = Cleaner(self.jobs.clean, config.clean_interval).start()
+        logger.info("Jobs folder cleaned every %g min; each job keeps its last %d result(s).", config.clean_interval / 60, config.keep_results)
         self.fast_available = bool(config.fast_lora)
         # Guards against a GPU job starting while a stopped one is still finishing its step (Gradio frees
         # its queue slot at once).
@@ -170,6 +180,7 @@ class Studio:
         fps: str = "30",
         retarget: bool = False,
         points: str = "",
+        request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, str, str, dict, str]:
         """Animation, step 1: extract the skeleton and face crops the model will follow, with a quality report.
@@ -187,7 +198,7 @@ class Studio:
         Returns:
             skeleton video, face-crop video, quality report (Markdown), report (JSON with job_id), job_id for /animate.
         """
-        job = self._extract("animate", photo, video, start, end, resolution, fps, points, PageProgress(progress), retarget=retarget)
+        job = self._extract("animate", photo, video, start, end, resolution, fps, points, PageProgress(progress), request=request, retarget=retarget)
         return self._extraction_outputs(job)
 
     @user_errors
@@ -220,7 +231,7 @@ class Studio:
             result video (with the driving video's sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        return self._generate_job(job_id, settings, request, progress)
+        return self._generate_job("animate", job_id, settings, request, progress)
 
     @user_errors
     def animate_oneshot(
@@ -266,7 +277,7 @@ class Studio:
             result video (with sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract, "animate", photo, video, start, end, resolution, fps, points, retarget=retarget)
+        extract = functools.partial(self._extract, "animate", photo, video, start, end, resolution, fps, points, request=request, retarget=retarget)
         yield from self._extract_then_generate("animate", extract, settings, request, progress)
 
     @user_errors
@@ -311,7 +322,7 @@ class Studio:
             draft video (with sound), side-by-side video (driving video | draft), summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract_draft, "animate", photo, video, start, end, fps, points, retarget=retarget)
+        extract = functools.partial(self._extract_draft, "animate", photo, video, start, end, fps, points, request=request, retarget=retarget)
         settings = draft_settings(settings, self.fast_available)
         yield from self._extract_then_generate("animate", extract, settings, request, progress)
 
@@ -330,6 +341,7 @@ class Studio:
         mask_kernel: int = 7,
         mask_iterations: int = 3,
         blockify: int = 1,
+        request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, str, str, str, str, dict, str]:
         """Replacement, step 1: extract the skeleton, face crops, person mask and background, with a quality report.
@@ -350,7 +362,7 @@ class Studio:
             skeleton video, face-crop video, mask overlay video, background video, quality report (Markdown), report (JSON with job_id), job_id for /replace.
         """
         job = self._extract(
-            "replace", photo, video, start, end, resolution, fps, points, PageProgress(progress),
+            "replace", photo, video, start, end, resolution, fps, points, PageProgress(progress), request=request,
             mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
         )
         return self._extraction_outputs(job)
@@ -389,7 +401,7 @@ class Studio:
             result video (with the video's sound), side-by-side video (video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
-        return self._generate_job(job_id, settings, request, progress)
+        return self._generate_job("replace", job_id, settings, request, progress)
 
     @user_errors
     def replace_oneshot(
@@ -444,7 +456,7 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract, "replace", photo, video, start, end, resolution, fps, points,
+            self._extract, "replace", photo, video, start, end, resolution, fps, points, request=request,
             mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
         )
         yield from self._extract_then_generate("replace", extract, settings, request, progress)
@@ -500,7 +512,7 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract_draft, "replace", photo, video, start, end, fps, points,
+            self._extract_draft, "replace", photo, video, start, end, fps, points, request=request,
             mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
         )
         settings = draft_settings(settings, self.fast_available)
@@ -508,12 +520,12 @@ class Studio:
 
     # -- page helpers (not API endpoints) -------------------------------------------------------------
 
-    def job_previews(self, mode: str, job_id: str) -> tuple:
+    def job_previews(self, mode: str, job_id: str, request: gr.Request = None) -> tuple:
         """The preview panes, the report and its JSON of the job the page shows; all empty without a job."""
         if not job_id:
             return (*(None for _ in PREVIEWS[mode]), "", None)
         try:
-            return self._extraction_outputs(open_job(self.work_root, job_id))[:-1]
+            return self._extraction_outputs(self._open_job(job_id, request, mode))[:-1]
         except WanAnimateError as error:
             raise gr.Error(str(error), print_exception=False) from error
 
@@ -536,26 +548,30 @@ class Studio:
             return "", gr.update(maximum=1, value=0), end
         try:
             info = probe_video(video)
+            first, last, rate = start_time(start), optional_end(end), frame_rate(fps)
         except WanAnimateError as error:
             return f"⚠️ {error}", gr.update(maximum=1, value=0), end
         sound = "with sound" if info.has_audio else "no sound (the result will be silent)"
         line = f"{info.duration:.1f} s · {info.width}×{info.height} · {info.fps:.3g} fps · {sound}"
-        if info.duration > DEFAULT_MAX_SECONDS and optional_end(end) is None:
-            end = float(start or 0.0) + DEFAULT_MAX_SECONDS
+        if info.duration > DEFAULT_MAX_SECONDS and last is None:
+            end = last = first + DEFAULT_MAX_SECONDS
             line += f"\n\n⚠️ Longer than {DEFAULT_MAX_SECONDS:g} s: the end was set to {end:g} s; change start and end to pick another part."
-        frames = estimate_frames(info.duration, info.fps, frame_rate(fps), float(start or 0.0), optional_end(end))
+        frames = estimate_frames(info.duration, info.fps, rate, first, last)
         return line, gr.update(maximum=max(1, frames - 1), value=0), end
 
-    def picker_frame(self, video: str | None, job_id: str, index: int, start: float, end: float | None, fps: str, points: str):
+    def picker_frame(
+        self, video: str | None, job_id: str, index: int, start: float, end: float | None, fps: str, points: str,
+        request: gr.Request = None,
+    ):
         """Frame ``index`` for the picker: the mask overlay after a Replacement extraction, else the video frame."""
         if not video:
             return None, None
         try:
-            mask_video = open_job(self.work_root, job_id).preview("mask") if job_id else None
+            mask_video = self._open_job(job_id, request).preview("mask") if job_id else None
             if mask_video is not None:
                 frame = read_frame(mask_video, int(index), fps=None)
             else:
-                frame = read_frame(video, int(index), fps=frame_rate(fps), start=float(start or 0.0), end=optional_end(end))
+                frame = read_frame(video, int(index), fps=frame_rate(fps), start=start_time(start), end=optional_end(end))
         except WanAnimateError as error:
             gr.Warning(str(error))
             return None, None
@@ -584,50 +600,56 @@ class Studio:
         points: str,
         progress: PageProgress,
         *,
+        request: gr.Request | None = None,
         retarget: bool = False,
         mask_kernel: int = 7,
         mask_iterations: int = 3,
         blockify: int = 1,
     ) -> Job:
-        """One `Preprocessor.prepare` call in a new job folder; the job records how it was made and its previews."""
+        """One `Preprocessor.prepare` call in a new job folder of the request's session; the job records how it was
+        made and its previews. The values are checked before the folder is made, and a failed extraction's folder
+        is removed."""
         if not photo or not video:
             raise WanAnimateError("Upload a character photo and a driving video first.")
-        prune_jobs(self.work_root, self.config.max_job_age)
-        fps = frame_rate(fps) if isinstance(fps, str) else fps
         clicks = parse_clicks(points)
-        job = new_job(
-            self.work_root, mode, photo, video, start=float(start or 0.0), end=optional_end(end), fps=fps,
-            resolution=resolution,
-            options=dict(retarget=retarget, points=dump_clicks(clicks), mask_kernel=int(mask_kernel),
-                         mask_iterations=int(mask_iterations), blockify=int(blockify)),
+        cells = BLOCKIFY.check(blockify)
+        options = PreprocessOptions(
+            resolution=output_resolution(resolution),
+            fps=frame_rate(fps),
+            start=start_time(start),
+            end=optional_end(end),
+            retarget=flag("Retarget", retarget),
+            mask_kernel=MASK_KERNEL.check(mask_kernel),
+            mask_iterations=MASK_ITERATIONS.check(mask_iterations),
+            blockify=(cells, cells),
+        )
+        options.check()
+        self.jobs.clean()
+        job = self.jobs.new(
+            mode, photo, video, start=options.start, end=options.end, fps=options.fps, resolution=options.resolution,
+            options=dict(retarget=options.retarget, points=dump_clicks(clicks), mask_kernel=options.mask_kernel,
+                         mask_iterations=options.mask_iterations, blockify=cells),
+            owner=_session(request),
         )
         record = job.record
-        size = conditioning_size(mode, record.photo, record.video, resolution)
-        options = PreprocessOptions(
-            resolution=resolution,
-            fps=fps,
-            start=record.start,
-            end=record.end,
-            retarget=bool(retarget),
-            person_point=person_point(clicks, size),
-            points=to_point_prompts(clicks, size) if mode == "replace" else (),
-            mask_kernel=int(mask_kernel),
-            mask_iterations=int(mask_iterations),
-            blockify=(int(blockify), int(blockify)),
-        )
-        self._load_preprocessing(mode, progress)
-        progress.phase("Reading the video")
-        prepared = self.preprocessor.prepare(mode, record.photo, record.video, job.prepared_dir, options, progress=progress)
-        record.num_frames = prepared.conditioning.num_frames
-        record.report = prepared.report.to_dict()
-        record.previews = _preview_files(job, prepared)
-        estimate = estimate_generation_seconds(record.num_frames, resolution, GenerationSettings(), include_load=False)
-        record.report_markdown = (
-            prepared.report.to_markdown()
-            + f"\n\n**Generation** ({resolution}, 20 steps): {format_minutes(estimate)} of GPU time"
-            + f" for {record.num_frames} frames.\n\n<small>Job `{job.id}`</small>"
-        )
-        job.save()
+        with self.jobs.use(job, discard_on_failure=True):
+            if clicks:
+                size = conditioning_size(mode, record.photo, record.video, options.resolution)
+                prompts = to_point_prompts(clicks, size) if mode == "replace" else ()
+                options = replace(options, person_point=person_point(clicks, size), points=prompts)
+            self._load_preprocessing(mode, progress)
+            progress.phase("Reading the video")
+            prepared = self.preprocessor.prepare(mode, record.photo, record.video, job.prepared_dir, options, progress=progress)
+            record.num_frames = prepared.conditioning.num_frames
+            record.report = prepared.report.to_dict()
+            record.previews = _preview_files(job, prepared)
+            estimate = estimate_generation_seconds(record.num_frames, record.resolution, GenerationSettings(), include_load=False)
+            record.report_markdown = (
+                prepared.report.to_markdown()
+                + f"\n\n**Generation** ({record.resolution}, 20 steps): {format_minutes(estimate)} of GPU time"
+                + f" for {record.num_frames} frames.\n\n<small>Job `{job.id}`</small>"
+            )
+            job.save()
         return job
 
     def _load_preprocessing(self, mode: str, progress: PageProgress) -> None:
@@ -646,7 +668,7 @@ class Studio:
         if not video:
             raise WanAnimateError("Upload a character photo and a driving video first.")
         fps = frame_rate(fps)
-        draft_start, draft_end = draft_span(float(start or 0.0), optional_end(end), fps or probe_video(video).fps)
+        draft_start, draft_end = draft_span(start_time(start), optional_end(end), fps or probe_video(video).fps)
         return self._extract(mode, photo, video, draft_start, draft_end, DRAFT_RESOLUTION, fps, points, progress, **options)
 
     def _extraction_outputs(self, job: Job) -> tuple:
@@ -655,11 +677,11 @@ class Studio:
         return (*(str(path) if path else None for path in previews), job.record.report_markdown, self._report(job), job.id)
 
     def _generate_job(
-        self, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
+        self, mode: str, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
     ) -> tuple:
-        """/animate and /replace: generate from an extracted job."""
-        job = open_job(self.work_root, job_id)
-        with self._cancellable(request, job.record.mode) as cancel:
+        """/animate and /replace: generate from an extracted job of this session and mode."""
+        job = self._open_job(job_id, request, mode)
+        with self._cancellable(request, mode) as cancel:
             return self._generate(job, settings, cancel, PageProgress(progress))
 
     def _extract_then_generate(
@@ -689,30 +711,59 @@ class Studio:
         Returns:
             The generation endpoints' outputs: result video, side-by-side video, summary, details.
         """
-        conditioning = job.load_conditioning()
-        with self._gpu_slots:
-            if cancel.is_set():
-                raise GenerationCancelled("Stopped before generation started.")
-            progress.phase("Loading the model")  # a first load reports its own stages
-            pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
-            with self._lora_lock:
-                if self.fast_available:
-                    progress.phase("Loading the few-step LoRA")
-                    ensure_fast_lora(pipeline, self.config.fast_lora)
-                if self.config.relight_lora and job.record.mode == "replace":
-                    progress.phase("Loading the relighting LoRA")
-                    ensure_relighting_lora(pipeline, self.config.relight_lora)
-            progress.phase("Encoding the prompt and the inputs")
-            name = uuid.uuid4().hex[:8]
-            result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=progress, cancel=cancel)
-        progress.phase("Writing the side-by-side video")
-        side_by_side = job.write_side_by_side(result.video_path, job.output(f"side_by_side_{name}.mp4"))
+        with self._result_files(job) as files:
+            conditioning = job.load_conditioning()
+            with self._gpu_slots:
+                if cancel.is_set():
+                    raise GenerationCancelled("Stopped before generation started.")
+                progress.phase("Loading the model")  # a first load reports its own stages
+                pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
+                with self._lora_lock:
+                    if self.fast_available:
+                        progress.phase("Loading the few-step LoRA")
+                        ensure_fast_lora(pipeline, self.config.fast_lora)
+                    if self.config.relight_lora and job.record.mode == "replace":
+                        progress.phase("Loading the relighting LoRA")
+                        ensure_relighting_lora(pipeline, self.config.relight_lora)
+                progress.phase("Encoding the prompt and the inputs")
+                result = generate_video(pipeline, conditioning, files.video, settings, progress=progress, cancel=cancel)
+            progress.phase("Writing the side-by-side video")
+            side_by_side = job.write_side_by_side(result.video_path, files.side_by_side)
         return (
             str(result.video_path),
             str(side_by_side),
             _result_markdown(conditioning, result, settings),
             self._details(job, conditioning, result, settings),
         )
+
+    @contextmanager
+    def _result_files(self, job: Job) -> Iterator[JobResult]:
+        """Where a generation writes its files. Meanwhile the job is in use (cleaning leaves it alone); once the
+        block succeeds the job keeps its newest `AppConfig.keep_results` results, and a failed or stopped
+        generation leaves no files (`Job.new_result`)."""
+        with self.jobs.use(job), job.new_result(keep=self.config.keep_results) as files:
+            yield files
+
+    def _open_job(self, job_id: str, request: gr.Request | None, mode: str | None = None) -> Job:
+        """The job ``job_id`` if the request's session made it (and, given ``mode``, it was extracted for it).
+
+        Raises:
+            WanAnimateError: No such job, another session's job, or a job of the other mode.
+        """
+        job = self.jobs.open(job_id)
+        if job.record.owner != _session(request):
+            logger.warning("Refused job %s to a session that did not make it.", job.id)
+            raise WanAnimateError(
+                "That extraction belongs to another session (another browser tab or API client); only the session "
+                "that made it can use it. Press Extract to make your own."
+            )
+        if mode is not None and job.record.mode != mode:
+            made, wanted = MODE_TITLES[job.record.mode], MODE_TITLES[mode]
+            raise WanAnimateError(
+                f"That extraction was made for {made}, not {wanted}: extract in the {wanted} tab "
+                f"(API: /extract_{wanted.lower()}) and generate from that job."
+            )
+        return job
 
     @contextmanager
     def _cancellable(self, request: gr.Request | None, mode: str) -> Iterator[threading.Event]:
@@ -753,6 +804,33 @@ class Studio:
         }
 
 
+def jobs_folder(work_dir: str | Path | None) -> Path:
+    """The jobs folder: ``work_dir``, by default ``wan_animate_jobs`` in the temporary folder.
+
+    A job folder holds the user's uploads and its record (``job.json``), which must not be served: Gradio serves
+    every file under its upload folder to anyone who has (or edits) a file URL, so the jobs folder must be
+    outside it. The page's previews and results are served from Gradio's own copies, which it makes only of files
+    under the current or the temporary folder, so the jobs folder must be under one of them.
+
+    Raises:
+        WanAnimateError: ``work_dir`` breaks one of these rules (said at start, with the folders).
+    """
+    folder = Path(work_dir or Path(tempfile.gettempdir()) / "wan_animate_jobs").resolve()
+    served = Path(gradio.utils.get_upload_folder()).resolve()
+    if folder.is_relative_to(served):
+        raise WanAnimateError(
+            f"The jobs folder {folder} is inside Gradio's upload folder {served}, whose files Gradio serves to anyone "
+            "with their address. Choose another --work-dir (WAN_ANIMATE_WORK_DIR)."
+        )
+    copied_from = [Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()]
+    if not any(folder.is_relative_to(base) for base in copied_from):
+        raise WanAnimateError(
+            f"The jobs folder {folder} must be under the current folder or {copied_from[1]}: Gradio shows only "
+            "files from there. Choose another --work-dir (WAN_ANIMATE_WORK_DIR)."
+        )
+    return folder
+
+
 def _preview_files(job: Job, prepared: Preprocessed) -> dict[str, str]:
     """`JobRecord.previews` of a fresh extraction: what preprocessing wrote, by pane name."""
     files = {
@@ -771,6 +849,11 @@ def _result_markdown(conditioning: Conditioning, result: GenerationResult, setti
         f"{conditioning.width}×{conditioning.height} · {settings.num_inference_steps} steps · "
         f"took {result.seconds:.0f} s"
     )
+
+
+def _session(request: gr.Request | None) -> str | None:
+    """The Gradio session of a request (a browser tab, or a `gradio_client.Client`); ``None`` when called directly."""
+    return getattr(request, "session_hash", None)
 
 
 def _cancel_key(request: gr.Request | None, mode: str) -> str:
