@@ -40,7 +40,7 @@ from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, PersonTrack, de
 from .face import crop_faces, track_face_boxes
 from .frames import decode_batches, fit_within, letterbox_frames, resize_frames
 from .keypoints import WholeBodyPose, fill_missing_bodies, split_wholebody
-from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frames, keypoint_prompts, mask_coverage, mask_overlay_frames, refine_masks
+from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frame, keypoint_prompts, mask_coverage, mask_overlay, refine_masks
 from .pose import DEFAULT_POSE_REPO, PoseEstimator
 from .report import QualityReport
 from .retarget import retarget_poses
@@ -558,10 +558,13 @@ class Preprocessor:
             with stages("Making the mask and background", len(frames)):
                 masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
                 coverage = mask_coverage(masks)
-                background = background_frames(frames, masks)
-                writers.start(BACKGROUND_FILE, background)
+                # The background and the previews are made frame by frame on the threads that encode them (by
+                # OpenCV, without the GIL), the background into this array (untouched pages of np.zeros cost
+                # nothing until written); `_finish` waits for them.
+                background = np.zeros(frames.shape, np.uint8)
+                writers.start(BACKGROUND_FILE, map(background_frame, frames, masks, background))
                 writers.start(MASK_FILE, mask_video_frames(masks))
-                writers.start(MASK_PREVIEW_FILE, _mask_overlays(frames, masks))
+                writers.start(MASK_PREVIEW_FILE, map(mask_overlay, frames, masks))
                 conditioning = Conditioning(
                     mode="replace",
                     reference_image=reference,
@@ -660,12 +663,6 @@ def _drawn_skeleton(poses: WholeBodyPose, canvas: tuple[int, int], skeleton: np.
         drawn = draw_skeleton(poses.frame(index), canvas)
         skeleton[index] = drawn if canvas == size else letterbox(drawn, size)
         yield skeleton[index]
-
-
-def _mask_overlays(frames: np.ndarray, masks: np.ndarray) -> Iterator[np.ndarray]:
-    """`mask_overlay_frames`, one frame at a time (the preview is never held whole)."""
-    for index in range(len(frames)):
-        yield mask_overlay_frames(frames[index : index + 1], masks[index : index + 1])[0]
 
 
 def _with_body(poses: WholeBodyPose, body: np.ndarray) -> WholeBodyPose:
