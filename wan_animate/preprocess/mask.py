@@ -569,7 +569,11 @@ def _tint_table(color: tuple[int, int, int], alpha: float) -> np.ndarray:
 def mask_coverage(masks: np.ndarray) -> float:
     """Mean fraction of the frame area the mask regenerates (0 for no frames)."""
     masks = np.asarray(masks)
-    return np.count_nonzero(masks > 0) / masks.size if masks.size else 0.0
+    if not masks.size:
+        return 0.0
+    # 0/1 or bool masks are counted in place: a (T, H, W) comparison would be a clip-sized array to fill.
+    regenerated = masks if masks.dtype in (np.bool_, np.uint8) else masks > 0
+    return np.count_nonzero(regenerated) / masks.size
 
 
 def _checked_pair(frames: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

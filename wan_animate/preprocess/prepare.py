@@ -506,17 +506,16 @@ class Preprocessor:
                 size=decoded_size,
             )
         if keep_clip:
-            analysis_batches = (
-                resize_frames(torch.stack(frames), analysis_size).cpu().numpy() for frames in _batches(held, self._batch_size())
-            )
+            decoded_batches = (torch.stack(frames) for frames in _batches(held, self._batch_size()))
         else:
-            analysis_batches = (resize_frames(frames, analysis_size).numpy() for frames in self._decode(video_path, options, decoded_size))
+            decoded_batches = self._decode(video_path, options, decoded_size)
+        analysis_batches = (resize_frames(batch, analysis_size).cpu().numpy() for batch in decoded_batches)
         tracked = self._track(detected, analysis_batches, point, stages)
         self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
         skeleton = np.empty((detected.count, *size, 3), np.uint8)
         with VideoWriters(workdir / ".encoding", fps) as writers:
             with stages("Cropping faces"):
-                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the kept
+                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the decoded
                 # frames' (for the face crops).
                 tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
                 if options.retarget:
