@@ -16,11 +16,13 @@ from wan_animate.preprocess.mask import (
     SAM2_FILES,
     PersonSegmenter,
     PointPrompt,
+    background_frame,
     background_frames,
     blockify_mask,
     dilate_mask,
     keypoint_prompts,
     mask_coverage,
+    mask_overlay,
     mask_overlay_frames,
     refine_masks,
     require_mask,
@@ -243,6 +245,32 @@ def test_overlay_tints_only_masked_pixels():
     assert tuple(overlay[0, 0, 0]) == (178, 25, 1)  # 0.5 * 101 + 0.5 * 255 = 178
     assert tuple(overlay[0, 1, 1]) == (7, 8, 9)
     assert overlay.dtype == np.uint8
+
+
+def test_overlay_rounds_halves_to_even_for_every_channel_value():
+    # Every value 0..255 in each channel, masked everywhere but the last row.
+    frame = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+    mask = np.ones((16, 16), bool)
+    mask[-1] = False
+    for color, alpha in (((255, 0, 0), 0.5), ((0, 200, 17), 0.3), ((9, 9, 9), 1.0), ((255, 255, 255), 0.0)):
+        overlay = mask_overlay(frame, mask, color, alpha)
+        expected = np.rint(frame.astype(np.float32) * np.float32(1 - alpha) + np.float32(alpha) * np.float32(color))
+        np.testing.assert_array_equal(overlay[:-1], expected[:-1].astype(np.uint8))
+        np.testing.assert_array_equal(overlay[-1], frame[-1])
+    halves = mask_overlay(np.array([[[101, 103, 0]]], np.uint8), np.ones((1, 1), np.uint8), (0, 0, 0), 0.5)
+    assert tuple(halves[0, 0]) == (50, 52, 0)  # 50.5 -> 50 and 51.5 -> 52, as numpy's rint
+
+
+def test_overlay_and_background_leave_the_frames_alone():
+    frames = clip(2)
+    masks = np.random.default_rng(2).integers(0, 2, (2, H, W)).astype(np.uint8)
+    before = frames.copy()
+    overlay = mask_overlay_frames(frames, masks)
+    out = np.zeros_like(frames[0])
+    assert background_frame(frames[1], masks[1], out) is out
+    np.testing.assert_array_equal(out, np.where(masks[1][..., None] == 1, 0, frames[1]))
+    np.testing.assert_array_equal(frames, before)
+    np.testing.assert_array_equal(overlay[masks == 0], frames[masks == 0])
 
 
 def test_mask_coverage_is_the_mean_fraction_of_the_frame():

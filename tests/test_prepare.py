@@ -7,8 +7,10 @@ ones run the real loaders on the tiny random models.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -457,3 +459,51 @@ def test_animation_keeps_large_clips_at_the_held_size_for_the_face_crops(media, 
     held = decoded(media["video"], size=(100, 200))
     boxes, _ = track_face_boxes(np.repeat(split_wholebody(hand_made_keypoints(100, 200)).face[None], FRAMES, 0), (100, 200))
     assert np.array_equal(cond.face_frames, crop_faces(held, boxes))
+
+
+
+
+def test_animation_on_the_cpu_keeps_no_decoded_frames_however_long_the_clip(media, tmp_path, monkeypatch):
+    # Host memory, as tracemalloc counts numpy's arrays. Per frame of the clip, the job keeps a 512x512 face crop
+    # and a skeleton frame (made tiny here); were the decoded frames kept too (larger than a crop here), the peak
+    # would grow by them as well. On the CPU they are decoded again instead. The decoder's read-ahead (up to
+    # `frames.PREFETCH_FRAMES`) is there whatever the length, give or take its fill.
+    monkeypatch.setitem(sizing.RESOLUTION_AREAS, "480p", 32 * 64)
+    height, width, count, short = 480, 832, 120, 20
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    frames = np.stack([np.broadcast_to((ramp + 3 * index) % 256, (height, width, 3)) for index in range(count)])
+    video = write_test_video(tmp_path / "long.mp4", frames.astype(np.uint8), 30.0)
+    del frames
+
+    def peak_bytes(frames: int) -> int:
+        options = PreprocessOptions(resolution="480p", end=frames / 30)
+        tracemalloc.start()
+        try:
+            result = fake_preprocessor().prepare("animate", media["photo"], video, tmp_path / f"job{frames}", options)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.conditioning.num_frames == frames
+        return peak
+
+    kept_per_frame = 512 * 512 * 3 + 3 * math.prod(output_size(100, 80, "480p"))  # a face crop, a skeleton frame
+    growth = peak_bytes(count) - peak_bytes(short)
+    assert growth < (count - short) * (kept_per_frame + height * width * 3 / 2)
+
+
+def test_animation_keeping_the_decoded_clip_gives_what_decoding_it_again_gives(media, tmp_path, monkeypatch):
+    # On a GPU the clip is kept (in its memory) for the pose model and the face crops; on the CPU it is decoded
+    # again for each. Both ways, the pose model must see the same frames and the crops must be the same.
+    class SeeingPose(FakePose):
+        def estimate(self, frames, boxes, **kwargs):
+            self.seen = [*getattr(self, "seen", []), *(frame.copy() for frame in frames)]
+            return super().estimate(frames, boxes, **kwargs)
+
+    again_pose, kept_pose = SeeingPose(), SeeingPose()
+    again = fake_preprocessor(pose=again_pose).prepare("animate", media["photo"], media["video"], tmp_path / "again")
+    monkeypatch.setattr(Preprocessor, "_keeps_decoded_clip", lambda self: True)
+    kept = fake_preprocessor(pose=kept_pose).prepare("animate", media["photo"], media["video"], tmp_path / "kept")
+    assert len(again_pose.seen) == FRAMES
+    assert np.array_equal(np.stack(kept_pose.seen), np.stack(again_pose.seen))
+    assert np.array_equal(kept.conditioning.face_frames, again.conditioning.face_frames)
+    assert np.array_equal(kept.conditioning.pose_frames, again.conditioning.pose_frames)

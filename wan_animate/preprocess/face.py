@@ -9,7 +9,7 @@ and boxes are smoothed over time.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sized
 
 import cv2
 import numpy as np
@@ -161,25 +161,30 @@ def track_face_boxes(
     return smooth_boxes(boxes, smoothing).astype(np.int64), found
 
 
-def crop_faces(frames: np.ndarray | Sequence[torch.Tensor], boxes: np.ndarray, size: int = FACE_CROP_SIZE) -> np.ndarray:
+def crop_faces(
+    frames: np.ndarray | Iterable[np.ndarray | torch.Tensor], boxes: np.ndarray, size: int = FACE_CROP_SIZE
+) -> np.ndarray:
     """Cut each frame's face box and stretch it to ``size`` x ``size``.
 
     Contract, "Face video": the crop is resized to 512 x 512, stretched (aspect not kept), with OpenCV's
     default (bilinear) interpolation.
 
     Args:
-        frames: ``(T, H, W, 3)`` uint8 RGB, or T ``(H, W, 3)`` uint8 tensors on any device (only the face
-            region is copied to the CPU).
+        frames: ``(T, H, W, 3)`` uint8 RGB, or T ``(H, W, 3)`` uint8 arrays or tensors on any device (only the
+            face region is copied to the CPU), e.g. as a decoder yields them.
         boxes: ``(T, 4)`` int ``[x1, y1, x2, y2]`` (from `track_face_boxes`).
         size: Side of the square crops.
 
     Returns:
         ``(T, size, size, 3)`` uint8 RGB.
+
+    Raises:
+        ValueError: Not as many frames as boxes.
     """
-    if len(frames) != len(boxes):
+    if isinstance(frames, Sized) and len(frames) != len(boxes):
         raise ValueError(f"{len(frames)} frames but {len(boxes)} face boxes.")
-    crops = np.empty((len(frames), size, size, 3), dtype=np.uint8)
-    for index, (frame, box) in enumerate(zip(frames, boxes)):
+    crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for index, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
         height, width = frame.shape[:2]
         # Keep at least one pixel so a degenerate box still gives a (flat) crop instead of an OpenCV error.
         x1 = min(max(int(box[0]), 0), width - 1)

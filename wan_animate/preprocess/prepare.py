@@ -4,12 +4,14 @@ The stages run in the contract's order (``WAN_ANIMATE_CONTRACT.md``)::
 
     decode -> detect person -> track -> whole-body pose -> skeleton / face crops [-> SAM2 mask, background]
 
-The driving clip is decoded once, on a worker thread, while the person detector works on the frames already
-decoded (`frames.decode_batches`); the frames later stages need are kept where the models run: Animation keeps
-the decoded frames (at most `HELD_MAX_SIDE`; the pose model sees them resized to `ANALYSIS_MAX_SIDE`, the face
-crops are cut from them), on the GPU when there is one; Replacement keeps the frames resized to the output size,
-which SAM2 and the background need. The conditioning videos are encoded on worker threads as soon as their
-frames are known (`writers.VideoWriters`): in Replacement the skeleton and face videos while SAM2 runs.
+The driving clip is decoded on a worker thread while the person detector works on the frames already decoded
+(`frames.decode_batches`). On a GPU it is decoded once and the frames later stages need are kept there: Animation
+keeps the decoded frames (at most `HELD_MAX_SIDE`; the pose model sees them resized to `ANALYSIS_MAX_SIDE`, the
+face crops are cut from them). On the CPU Animation decodes the clip again for the pose model and again for the
+face crops, the same frames each time, so that host memory does not grow by the whole clip. Replacement keeps the
+frames resized to the output size, which SAM2 and the background need. The conditioning videos are encoded on
+worker threads as soon as their frames are known (`writers.VideoWriters`): in Replacement the skeleton and face
+videos while SAM2 runs.
 
 On the CPU the person detector runs on every few frames only and the boxes in between are interpolated
 (`PreprocessOptions.detect_every`); the pose model still runs on every frame.
@@ -17,16 +19,17 @@ On the CPU the person detector runs on every few frames only and the boxes in be
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -40,7 +43,7 @@ from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, PersonTrack, de
 from .face import crop_faces, track_face_boxes
 from .frames import decode_batches, fit_within, letterbox_frames, resize_frames
 from .keypoints import WholeBodyPose, fill_missing_bodies, split_wholebody
-from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frames, keypoint_prompts, mask_coverage, mask_overlay_frames, refine_masks
+from .mask import DEFAULT_SAM2, PersonSegmenter, PointPrompt, background_frame, keypoint_prompts, mask_coverage, mask_overlay, refine_masks
 from .pose import DEFAULT_POSE_REPO, PoseEstimator
 from .report import QualityReport
 from .retarget import retarget_poses
@@ -50,12 +53,14 @@ from .writers import VideoWriters
 
 logger = logging.getLogger("wan_animate")
 
+T = TypeVar("T")
+
 ANALYSIS_MAX_SIDE = 1280
 """Animation detects people and estimates pose on frames no larger than this (keypoints are scaled back)."""
 
 HELD_MAX_SIDE = 1920
-"""Animation keeps the decoded frames no larger than this (a 4K clip is kept at 1080p; smaller clips at their own
-size), for the face crops: 6 MB per 1080p frame, 1.9 GB for 10 s, on the GPU when there is one."""
+"""Animation decodes frames no larger than this for the face crops (a 4K clip at 1080p; smaller clips at their own
+size). On a GPU they are kept in its memory: 6 MB per 1080p frame, 1.9 GB for 10 s."""
 
 MASK_PREVIEW_FILE = "mask.mp4"
 """Replacement: the mask drawn over the frames, for a person to check it (not part of the conditioning)."""
@@ -163,12 +168,14 @@ class Preprocessed:
 
 @dataclass
 class _Detected:
-    """Person boxes found while the clip was decoded: on which frames, and how the detector ran (for the report)."""
+    """Person boxes found while the clip was decoded: on which frames, and how the detector ran (for the report);
+    ``count`` is the number of frames the clip has."""
 
     frames: list[int]
     boxes: list[np.ndarray]
     every: int
     device: str
+    count: int = 0
 
 
 @dataclass
@@ -277,6 +284,25 @@ class Preprocessor:
     def _batch_size(self) -> int:
         return GPU_BATCH if torch.device(self.detector.device).type == "cuda" else BATCH
 
+    def _keeps_decoded_clip(self) -> bool:
+        """Whether Animation keeps the decoded clip for the pose model and the face crops: on a GPU, in its memory;
+        on the CPU it decodes the clip again for each instead (the same frames, `video.iter_video`), as kept in
+        host memory a 30-s 1080p clip would be 5.6 GB."""
+        return torch.device(self.detector.device).type != "cpu"
+
+    def _decode(self, video: Path, options: PreprocessOptions, size: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        """The clip trimmed and resampled as ``options`` say, in batches on the models' device (`decode_batches`)."""
+        return decode_batches(
+            video,
+            batch=self._batch_size(),
+            device=str(self.detector.device),
+            size=size,
+            fps=options.fps,
+            start=options.start,
+            end=options.end,
+            max_seconds=options.max_seconds,
+        )
+
     def _decode_and_detect(
         self,
         video: Path,
@@ -286,7 +312,7 @@ class Preprocessor:
         stages: _Stages,
         *,
         analysis: Callable[[torch.Tensor], torch.Tensor],
-        keep: Callable[[torch.Tensor, torch.Tensor], Sequence],
+        keep: Callable[[torch.Tensor, torch.Tensor], Sequence] | None,
         size: tuple[int, int] | None = None,
     ) -> tuple[list, _Detected]:
         """Decode the clip once, keep what later stages need, and detect people on the detection frames as they arrive
@@ -299,7 +325,8 @@ class Preprocessor:
             point: The chosen person's ``(frame, x, y)`` in analysis pixels, or ``None``.
             stages: The job's stages.
             analysis: Decoded batch -> the frames the detector and the pose model see (same device).
-            keep: ``(decoded batch, analysis batch)`` -> the frames to keep, one item per frame.
+            keep: ``(decoded batch, analysis batch)`` -> the frames to keep, one item per frame; ``None`` keeps
+                nothing.
             size: Size the decoder itself resizes frames to, or ``None`` for the source size.
 
         Returns:
@@ -321,29 +348,31 @@ class Preprocessor:
             detected.boxes += self.detector.detect(batch, score_threshold=options.detection_threshold)
             detected.frames += [index for index, _ in frames]
 
-        decode = dict(fps=options.fps, start=options.start, end=options.end, max_seconds=options.max_seconds)
-        for batch in decode_batches(video, batch=batch_size, device=device, size=size, **decode):
-            first = len(kept)
+        for batch in self._decode(video, options, size):
+            first = detected.count
             analysed = analysis(batch)
-            kept += keep(batch, analysed)
+            if keep is not None:
+                kept += keep(batch, analysed)
+            detected.count += len(batch)
             rows = [row for row in range(len(batch)) if is_detection_frame(first + row, every, extra)]
             waiting += [(first + row, analysed[row]) for row in rows]
             if len(waiting) >= batch_size:
                 detect(waiting)
                 waiting = []
-            stages.notify(len(kept), max(expected, len(kept)))
+            stages.notify(detected.count, max(expected, detected.count))
         if not rows or rows[-1] != len(batch) - 1:
-            waiting.append((len(kept) - 1, analysed[-1]))  # the last frame is always detected
+            waiting.append((detected.count - 1, analysed[-1]))  # the last frame is always detected
         if waiting:
             detect(waiting)
-        logger.info("Person detector on %s, stride %d: ran on %d of %d frames.", device, every, len(detected.frames), len(kept))
+        logger.info(
+            "Person detector on %s, stride %d: ran on %d of %d frames.", device, every, len(detected.frames), detected.count
+        )
         return kept, detected
 
     def _track(
         self,
         detected: _Detected,
-        count: int,
-        analysis_frames: Callable[[int, int], np.ndarray],
+        analysis_batches: Iterable[np.ndarray],
         point: tuple[int, float, float] | None,
         stages: _Stages,
     ) -> _Tracked:
@@ -351,11 +380,12 @@ class Preprocessor:
 
         Args:
             detected: The detections of `_decode_and_detect`.
-            count: Frames in the clip.
-            analysis_frames: ``(start, stop)`` -> those frames as the detector saw them, (N, H, W, 3) uint8.
+            analysis_batches: The clip's frames as the detector saw them, in order, in (N, H, W, 3) uint8 batches
+                of `_batch_size` frames (the last may be shorter); made as they are asked for.
             point: The chosen person's ``(frame, x, y)`` in analysis pixels, or ``None``.
             stages: The job's stages.
         """
+        count = detected.count
         with stages("Estimating pose", count):
             track = follow_person(detected.boxes, detected.frames, count, point=point)
             found = ~np.isnan(track.boxes).any(axis=1)
@@ -369,12 +399,14 @@ class Preprocessor:
                     "where the person is in view."
                 )
             keypoints = []
-            batch_size = self._batch_size()
-            for start in range(0, count, batch_size):
-                frames = analysis_frames(start, min(start + batch_size, count))
-                boxes = track.boxes[start : start + len(frames)]
+            done = 0
+            for frames in analysis_batches:
+                boxes = track.boxes[done : done + len(frames)]
                 keypoints.append(self.pose_estimator.estimate(list(frames), boxes, batch_size=len(frames)))
-                stages.notify(start + len(frames), count)
+                done += len(frames)
+                stages.notify(done, count)
+            if done != count:  # a second decode gives the first one's frames (`video.iter_video`)
+                raise RuntimeError(f"the pose model saw {done} frames, the person detector {count}")
             poses = split_wholebody(np.concatenate(keypoints))
             poses = _with_body(poses, fill_missing_bodies(poses.body))
         warnings = []
@@ -460,6 +492,8 @@ class Preprocessor:
         analysis_size = fit_within(source_size, ANALYSIS_MAX_SIDE)
         point = _scale_point(options.person_point, size, analysis_size)
         fps = float(options.fps or info.fps)
+        decoded_size = None if held_size == source_size else held_size
+        keep_clip = self._keeps_decoded_clip()
         with stages("Detecting people", _expected_frames(info.duration, fps, options)):
             held, detected = self._decode_and_detect(
                 video_path,
@@ -468,19 +502,20 @@ class Preprocessor:
                 point,
                 stages,
                 analysis=lambda frames: resize_frames(frames, analysis_size),
-                keep=lambda decoded, _: list(decoded),
-                size=None if held_size == source_size else held_size,
+                keep=(lambda decoded, _: list(decoded)) if keep_clip else None,
+                size=decoded_size,
             )
-
-        def analysis_frames(start: int, stop: int) -> np.ndarray:
-            return resize_frames(torch.stack(held[start:stop]), analysis_size).cpu().numpy()
-
-        tracked = self._track(detected, len(held), analysis_frames, point, stages)
+        if keep_clip:
+            decoded_batches = (torch.stack(frames) for frames in _batches(held, self._batch_size()))
+        else:
+            decoded_batches = self._decode(video_path, options, decoded_size)
+        analysis_batches = (resize_frames(batch, analysis_size).cpu().numpy() for batch in decoded_batches)
+        tracked = self._track(detected, analysis_batches, point, stages)
         self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
-        skeleton = np.empty((len(held), *size, 3), np.uint8)
+        skeleton = np.empty((detected.count, *size, 3), np.uint8)
         with VideoWriters(workdir / ".encoding", fps) as writers:
             with stages("Cropping faces"):
-                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the kept
+                # Keypoints into the driving video's own pixels (the canvas the contract draws on) and the decoded
                 # frames' (for the face crops).
                 tracked.poses = tracked.poses.scaled(source_size[1] / analysis_size[1], source_size[0] / analysis_size[0])
                 if options.retarget:
@@ -491,8 +526,9 @@ class Preprocessor:
                 writers.start(POSE_FILE, _drawn_skeleton(poses, canvas, skeleton))
                 face = tracked.poses.face * [held_size[1] / source_size[1], held_size[0] / source_size[0], 1.0]
                 face_boxes, face_ratio = self._faces(tracked, face, held_size)
-                faces = crop_faces(held, face_boxes)
-                del held  # the decoded clip, possibly on the GPU
+                decoded = held if keep_clip else itertools.chain.from_iterable(self._decode(video_path, options, decoded_size))
+                faces = crop_faces(decoded, face_boxes)
+                del held, decoded  # the decoded clip, possibly on the GPU
                 writers.start(FACE_FILE, faces)
                 # The skeleton frames are still being drawn on a writer thread; `_finish` waits for them.
                 conditioning = Conditioning(
@@ -541,7 +577,7 @@ class Preprocessor:
             )
             frames = np.stack(kept)
             del kept
-        tracked = self._track(detected, len(frames), lambda start, stop: frames[start:stop], options.person_point, stages)
+        tracked = self._track(detected, _batches(frames, self._batch_size()), options.person_point, stages)
         self._check_person_size(tracked, info.height / size[0], video_path.name)
         skeleton = np.empty((len(frames), *size, 3), np.uint8)
         with VideoWriters(workdir / ".encoding", fps) as writers:
@@ -558,10 +594,13 @@ class Preprocessor:
             with stages("Making the mask and background", len(frames)):
                 masks = refine_masks(masks, options.mask_kernel, options.mask_iterations, *options.blockify)
                 coverage = mask_coverage(masks)
-                background = background_frames(frames, masks)
-                writers.start(BACKGROUND_FILE, background)
+                # The background and the previews are made frame by frame on the threads that encode them (by
+                # OpenCV, without the GIL), the background into this array (untouched pages of np.zeros cost
+                # nothing until written); `_finish` waits for them.
+                background = np.zeros(frames.shape, np.uint8)
+                writers.start(BACKGROUND_FILE, map(background_frame, frames, masks, background))
                 writers.start(MASK_FILE, mask_video_frames(masks))
-                writers.start(MASK_PREVIEW_FILE, _mask_overlays(frames, masks))
+                writers.start(MASK_PREVIEW_FILE, map(mask_overlay, frames, masks))
                 conditioning = Conditioning(
                     mode="replace",
                     reference_image=reference,
@@ -662,10 +701,9 @@ def _drawn_skeleton(poses: WholeBodyPose, canvas: tuple[int, int], skeleton: np.
         yield skeleton[index]
 
 
-def _mask_overlays(frames: np.ndarray, masks: np.ndarray) -> Iterator[np.ndarray]:
-    """`mask_overlay_frames`, one frame at a time (the preview is never held whole)."""
-    for index in range(len(frames)):
-        yield mask_overlay_frames(frames[index : index + 1], masks[index : index + 1])[0]
+def _batches(frames: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``frames`` in consecutive slices of ``size`` (the last may be shorter)."""
+    return (frames[start : start + size] for start in range(0, len(frames), size))
 
 
 def _with_body(poses: WholeBodyPose, body: np.ndarray) -> WholeBodyPose:
