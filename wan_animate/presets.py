@@ -335,14 +335,22 @@ def estimate_generation_seconds(
     Raises:
         WanAnimateError: Unknown resolution.
     """
+    segments = estimate_steps(num_frames, settings) // settings.num_inference_steps
+    return segments * estimate_seconds_per_segment(resolution, settings) + (MODEL_LOAD_SECONDS if include_load else 0.0)
+
+
+def estimate_seconds_per_segment(resolution: str, settings: GenerationSettings) -> float:
+    """GPU seconds of one segment (its steps, VAE work and writing) from `STEP_TIMES`.
+
+    Raises:
+        WanAnimateError: Unknown resolution.
+    """
     if resolution not in STEP_TIMES:
         raise WanAnimateError(f"Unknown resolution {resolution!r}: use 720p or 480p.")
     times = STEP_TIMES[resolution]
-    steps = estimate_steps(num_frames, settings)
-    segments = steps // settings.num_inference_steps
     # Above 1, classifier-free guidance runs the transformer twice per step.
     step_seconds = times.per_step * (2.0 if settings.guidance_scale > 1 else 1.0)
-    return steps * step_seconds + segments * times.per_segment + (MODEL_LOAD_SECONDS if include_load else 0.0)
+    return settings.num_inference_steps * step_seconds + times.per_segment
 
 
 def estimate_preprocess_seconds(num_frames: int, mode: str) -> float:
@@ -384,6 +392,7 @@ __all__ = [
     "estimate_frames",
     "estimate_generation_seconds",
     "estimate_preprocess_seconds",
+    "estimate_seconds_per_segment",
     "format_minutes",
     "get_preset",
     "gpu_duration",

@@ -4,22 +4,32 @@
 through the package. The endpoints' signatures and docstrings are what Gradio reads for the API page,
 ``Client.view_api()`` and the MCP tool descriptions, so they are written for a client.
 
-An action returns (or, for one-call and draft runs, yields) the values of its outputs in the order the endpoint's
-docstring gives. One-call and draft runs are generators: they yield the job id as soon as the extraction is
-done (the page shows its previews while generation runs), then the result.
+An extraction returns its outputs in the order its docstring gives. A generation is an async generator: it yields
+the result pane's outputs after every finished segment (the video grows as the job goes on; the details say
+``"complete": false`` until the last value, the finished result), and one-call and draft runs yield the job id
+first, as soon as the extraction is done. The blocking job runs on a worker thread (`streaming`), so cancelling
+the event (Stop on the page, ``job.cancel()`` from `gradio_client`) reaches it at once: the job stops after its
+current step and keeps its finished segments; Generate with the same settings goes on from there.
 
-On ZeroGPU each GPU action is wrapped in ``spaces.GPU`` with a duration estimated from its arguments
-(`wan_animate.space.gpu_time`); there `spaces` must be imported before torch, which ``app.py`` does first.
+The GPU work runs in `spaces.GPU` calls: an extraction in one, a generation in one off ZeroGPU and on ZeroGPU in
+as many calls of at most 300 s as it needs (`zerogpu`), each asking for the duration estimated from its
+arguments (`gpu_time`). There `spaces` must be imported before torch, which ``app.py`` does first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import inspect
+import logging
+import os
+import shutil
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +39,9 @@ import spaces
 
 from ..conditioning import Conditioning
 from ..errors import GenerationCancelled, WanAnimateError
-from ..generate import GenerationResult, GenerationSettings, generate_video
+from ..generate import GenerationResult, GenerationSettings, SegmentUpdate, generate_video, load_checkpoint
 from ..jobs import Job, new_job, open_job, prune_jobs
+from ..lora import RELIGHT_REPO
 from ..models import describe_runtime, get_pipeline
 from ..picker import (
     click_at,
@@ -54,10 +65,24 @@ from ..presets import (
     estimate_generation_seconds,
     format_minutes,
 )
+from ..segments import SegmentPlan
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
 from .gpu_time import GpuTime, duration_of
 from .inputs import frame_rate, generation_settings, optional_end
+from .streaming import stream_async, stream_thread
+from .zerogpu import (
+    LOCAL_CALL,
+    MAX_CALL_SECONDS,
+    STOP_FILE,
+    GpuCall,
+    is_platform_refusal,
+    plan_calls,
+    refusal_message,
+    stop_file_event,
+)
+
+logger = logging.getLogger("wan_animate.app")
 
 PREVIEWS = {"animate": ("skeleton", "faces"), "replace": ("skeleton", "faces", "mask", "background")}
 """The preview panes of each mode, in the order the extraction endpoints return them."""
@@ -69,8 +94,8 @@ NO_RESULT = (None, None, "", None)
 def user_errors(fn: Callable) -> Callable:
     """Show a user-fixable error (`WanAnimateError`) or a stop as a message on the page, not a stack trace.
 
-    Works on plain functions and on generator functions (which stay generator functions, as Gradio and
-    ``spaces.GPU`` tell them apart by that).
+    Works on plain functions and on (async) generator functions, which stay what they are: Gradio and
+    ``spaces.GPU`` tell them apart by that.
     """
 
     @contextmanager
@@ -80,7 +105,17 @@ def user_errors(fn: Callable) -> Callable:
         except WanAnimateError as error:
             raise gr.Error(str(error), print_exception=False) from error
         except GenerationCancelled as error:
-            raise gr.Error("Generation was stopped.", title="Stopped", print_exception=False) from error
+            raise gr.Error(str(error) or "Generation was stopped.", title="Stopped", print_exception=False) from error
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def async_generator(*args, **kwargs):
+            with shown_as_messages():
+                async for value in fn(*args, **kwargs):
+                    yield value
+
+        return async_generator
 
     if inspect.isgeneratorfunction(fn):
 
@@ -102,10 +137,11 @@ def user_errors(fn: Callable) -> Callable:
 class PageProgress:
     """The package's ``progress(done, total, description)`` callbacks, shown by Gradio's progress bar.
 
-    The bar shows ``done / total`` as a fraction and the text the description as it is: the description names
-    the stage and, where the stage knows it, how far it is and the time left ("Segment 2/4 · step 3/20 · about
-    2 min left"), so the bar never shows a count in the wrong unit. `phase` starts a stage that has no count
-    (loading a model) with an empty bar, so no stage runs under the previous one's label and percentage.
+    The bar shows ``done / total`` as a fraction (a percentage on the page) and the text the description as it
+    is: the description names the stage and, where the stage knows it, how far it is and the time left
+    ("Segment 2/4 · step 3/20 · about 2 min left"), so the bar never shows a count in the wrong unit. A stage
+    with no count (``total`` 0, or `phase`: loading a model, a GPU call starting) shows its label over the bar as
+    it was, so no stage runs under the previous one's label and a job's bar does not go back between its stages.
 
     Args:
         progress: A ``gr.Progress`` (or any callable with its signature).
@@ -113,13 +149,62 @@ class PageProgress:
 
     def __init__(self, progress: Callable[..., Any]) -> None:
         self._progress = progress
+        self._fraction = 0.0
 
     def __call__(self, done: float, total: float, description: str) -> None:
-        self._progress(min(1.0, done / total) if total else None, desc=description)
+        if total:
+            self._fraction = min(1.0, done / total)
+        self._progress(self._fraction, desc=description)
 
     def phase(self, description: str) -> None:
         """Show ``description`` for a stage whose length is not known (Gradio shows no text without a bar)."""
-        self._progress(0.0, desc=description)
+        self(0, 0, description)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report of a GPU call, as it crosses from ZeroGPU's worker process to the app's
+    (``total`` 0: a phase without a count)."""
+
+    done: float
+    total: float
+    description: str
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    """The last report of a generation's GPU call: its result, or the sentence of how it ended early (only
+    ``gr.Error`` keeps its message across ZeroGPU's process boundary, so the call sends its own)."""
+
+    result: GenerationResult | None = None
+    stopped: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Running:
+    """A generation a browser tab (or API session) runs in one mode: what its Stop reaches, and how it ended."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+    stop_file: Path | None = None
+    """On ZeroGPU, the file that stops the GPU call working on the job (`zerogpu.STOP_FILE`)."""
+
+    def stop(self) -> None:
+        """Stop after the current step (idempotent)."""
+        self.cancel.set()
+        if self.stop_file is not None:
+            self.stop_file.touch()
+
+    def end(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.ended.set()
+
+
+STOP_WAIT_SECONDS = 600
+"""How long Stop waits to say how far the job got (a step at 720p with guidance takes ~26 s on an H100; loading
+the model cannot be interrupted)."""
 
 
 class Studio:
@@ -141,21 +226,20 @@ class Studio:
         self._gpu_slots = threading.BoundedSemaphore(config.gpu_concurrency)
         self._lora_lock = threading.Lock()
         self._cancel_lock = threading.Lock()
-        self._cancels: dict[str, threading.Event] = {}
+        self._running: dict[str, Running] = {}
+        self._stopped: dict[str, str] = {}  # how the last stopped job of a tab and mode ended, until Stop says it
+        self._generating: set[Path] = set()  # state folders a generation works on
         # On ZeroGPU each GPU action asks for as long as its job needs; elsewhere spaces.GPU returns it as is.
+        # A generation is not one action: it runs as GPU calls (`_generation_call`), each asking for its own.
         self.gpu_time = GpuTime(self.work_root, self.fast_available)
         for name, estimate in (
             ("extract_animation", self.gpu_time.extract),
             ("extract_replacement", self.gpu_time.extract),
-            ("animate", self.gpu_time.generate),
-            ("replace", self.gpu_time.generate),
-            ("animate_oneshot", self.gpu_time.oneshot),
-            ("replace_oneshot", self.gpu_time.oneshot),
-            ("animate_draft", self.gpu_time.draft),
-            ("replace_draft", self.gpu_time.draft),
+            ("_extraction_call", self.gpu_time.extract),
         ):
             action = getattr(self, name)
             setattr(self, name, spaces.GPU(duration=duration_of(action, estimate))(action))
+        self._generation_call = spaces.GPU(duration=_call_duration)(self._generation_call)
 
     # -- API: Animation -------------------------------------------------------------------------------
 
@@ -191,7 +275,7 @@ class Studio:
         return self._extraction_outputs(job)
 
     @user_errors
-    def animate(
+    async def animate(
         self,
         job_id: str,
         preset: str = "quality",
@@ -203,8 +287,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[str, str, str, dict]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict]]:
         """Animation, step 2: generate the video from an extraction (the job_id returned by /extract_animation).
+
+        The outputs come after every finished 77-frame segment, the video growing (details: "complete": false),
+        and the finished result last. A job stopped or failed part-way keeps its finished segments (its last
+        outputs hold them and say why it ended): the same call with the same settings goes on from there.
 
         Args:
             job_id: The job_id returned by /extract_animation.
@@ -220,10 +308,11 @@ class Studio:
             result video (with the driving video's sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        return self._generate_job(job_id, settings, request, progress)
+        async for outputs in self._generate_job(job_id, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def animate_oneshot(
+    async def animate_oneshot(
         self,
         photo: str,
         video: str,
@@ -242,8 +331,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Animation in one call: extract, then generate. The character in the photo performs the video's motion.
+
+        The job_id comes first, as soon as the extraction is done, then the outputs after every finished 77-frame
+        segment, the video growing (details: "complete": false), and the finished result last. A job stopped or
+        failed part-way keeps its finished segments: /animate with that job_id and the same settings goes on from there.
 
         Args:
             photo: The character photo (one person, front-facing, whole body if possible).
@@ -266,11 +359,14 @@ class Studio:
             result video (with sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract, "animate", photo, video, start, end, resolution, fps, points, retarget=retarget)
-        yield from self._extract_then_generate("animate", extract, settings, request, progress)
+        extract = functools.partial(
+            self._extraction_call, False, "animate", photo, video, start, end, resolution, fps, points, options=dict(retarget=retarget)
+        )
+        async for outputs in self._extract_then_generate("animate", extract, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def animate_draft(
+    async def animate_draft(
         self,
         photo: str,
         video: str,
@@ -288,7 +384,7 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Animation draft: only the first segment (up to 77 frames) at 480p, with the fast preset when available.
 
         Args:
@@ -311,9 +407,12 @@ class Studio:
             draft video (with sound), side-by-side video (driving video | draft), summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract_draft, "animate", photo, video, start, end, fps, points, retarget=retarget)
+        extract = functools.partial(
+            self._extraction_call, True, "animate", photo, video, start, end, DRAFT_RESOLUTION, fps, points, options=dict(retarget=retarget)
+        )
         settings = draft_settings(settings, self.fast_available)
-        yield from self._extract_then_generate("animate", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("animate", extract, settings, request, progress):
+            yield outputs
 
     # -- API: Replacement -----------------------------------------------------------------------------
 
@@ -356,7 +455,7 @@ class Studio:
         return self._extraction_outputs(job)
 
     @user_errors
-    def replace(
+    async def replace(
         self,
         job_id: str,
         preset: str = "quality",
@@ -370,8 +469,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[str, str, str, dict]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict]]:
         """Replacement, step 2: generate the video from an extraction (the job_id returned by /extract_replacement).
+
+        The outputs come after every finished 77-frame segment, the video growing (details: "complete": false),
+        and the finished result last. A job stopped or failed part-way keeps its finished segments (its last
+        outputs hold them and say why it ended): the same call with the same settings goes on from there.
 
         Args:
             job_id: The job_id returned by /extract_replacement.
@@ -389,10 +492,11 @@ class Studio:
             result video (with the video's sound), side-by-side video (video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
-        return self._generate_job(job_id, settings, request, progress)
+        async for outputs in self._generate_job(job_id, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def replace_oneshot(
+    async def replace_oneshot(
         self,
         photo: str,
         video: str,
@@ -415,8 +519,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Replacement in one call: extract, then generate. The character replaces the person in the video.
+
+        The job_id comes first, as soon as the extraction is done, then the outputs after every finished 77-frame
+        segment, the video growing (details: "complete": false), and the finished result last. A job stopped or
+        failed part-way keeps its finished segments: /replace with that job_id and the same settings goes on from there.
 
         Args:
             photo: The character photo (one person, front-facing).
@@ -444,13 +552,14 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract, "replace", photo, video, start, end, resolution, fps, points,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            self._extraction_call, False, "replace", photo, video, start, end, resolution, fps, points,
+            options=dict(mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify),
         )
-        yield from self._extract_then_generate("replace", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("replace", extract, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def replace_draft(
+    async def replace_draft(
         self,
         photo: str,
         video: str,
@@ -472,7 +581,7 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Replacement draft: only the first segment (up to 77 frames) at 480p, with the fast preset when available.
 
         Args:
@@ -500,11 +609,12 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract_draft, "replace", photo, video, start, end, fps, points,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            self._extraction_call, True, "replace", photo, video, start, end, DRAFT_RESOLUTION, fps, points,
+            options=dict(mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify),
         )
         settings = draft_settings(settings, self.fast_available)
-        yield from self._extract_then_generate("replace", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("replace", extract, settings, request, progress):
+            yield outputs
 
     # -- page helpers (not API endpoints) -------------------------------------------------------------
 
@@ -517,14 +627,66 @@ class Studio:
         except WanAnimateError as error:
             raise gr.Error(str(error), print_exception=False) from error
 
-    def stop(self, mode: str, request: gr.Request = None) -> str:
-        """Stop this browser tab's running generation in ``mode`` after its current step."""
+    def stop(self, mode: str, request: gr.Request = None) -> Iterator[str]:
+        """Stop this browser tab's running generation in ``mode`` after its current step, then say how far it got.
+
+        The page's Stop also cancels the generation's event; the job's outcome comes from the job itself, which
+        goes on (for at most a step) after its event is gone.
+        """
+        key = _cancel_key(request, mode)
         with self._cancel_lock:
-            cancel = self._cancels.get(_cancel_key(request, mode))
-        if cancel is None:
-            return "Nothing is being generated."
-        cancel.set()
-        return "Stopping after the current step…"
+            running = self._running.get(key)
+            stopped = self._stopped.pop(key, None)
+        if running is None:
+            yield stopped or "Nothing is being generated."
+            return
+        running.stop()
+        yield "Stopping after the current step…"
+        if running.ended.wait(STOP_WAIT_SECONDS):
+            with self._cancel_lock:
+                self._stopped.pop(key, None)
+            yield running.outcome
+
+    def preload(self) -> None:
+        """Load the pipeline and the LoRAs the app uses now, before the first job (``--preload``; on ZeroGPU the
+        models must be in the app's process before its first GPU call, and LoRAs loaded in a call's worker process
+        would be loaded again in every call)."""
+        self._ready_pipeline("replace", GenerationSettings(relight=True), lambda done, total, description: None)
+
+    @property
+    def default_preset(self) -> str:
+        """The page's preset at start: the fast one on ZeroGPU (when the app has it), where GPU seconds are quota."""
+        return "fast" if self.config.zerogpu and self.fast_available else "quality"
+
+    def gpu_estimate(
+        self,
+        job_id: str,
+        video: str | None,
+        start: float,
+        end: float | None,
+        fps: str,
+        resolution: str,
+        preset: str,
+        steps: int,
+        guidance: float,
+        overlap: int,
+    ) -> str:
+        """The GPU time a generation with these settings will take (on ZeroGPU: in how many calls, and whether a
+        visitor's quota can cover it), for the page before the job starts: from the job the page holds, else from
+        the uploaded video at the chosen resolution."""
+        try:
+            settings = self._settings(preset, steps, -1, guidance, overlap, False)
+            if job_id:
+                record = open_job(self.work_root, job_id).record
+                frames, resolution = record.num_frames or 1, record.resolution
+            elif video:
+                info = probe_video(video)
+                frames = estimate_frames(info.duration, info.fps, frame_rate(fps), float(start or 0.0), optional_end(end))
+            else:
+                return ""
+            return self.gpu_time.describe_generation(frames, resolution, settings, zerogpu=self.config.zerogpu)
+        except WanAnimateError as error:
+            return f"⚠️ {error}"
 
     def runtime_markdown(self) -> str:
         """Where the model runs (GPU, memory mode, dtype), or what will be used before it is loaded."""
@@ -654,103 +816,238 @@ class Studio:
         previews = (job.preview(name) for name in PREVIEWS[job.record.mode])
         return (*(str(path) if path else None for path in previews), job.record.report_markdown, self._report(job), job.id)
 
-    def _generate_job(
+    def _extraction_call(
+        self, draft: bool, mode: str, photo: str, video: str, start: float, end: float | None, resolution: str,
+        fps: str, points: str, progress: PageProgress, options: dict[str, Any],
+    ) -> Job:
+        """The extraction of a one-click or draft run, as its own GPU call (plain arguments: on ZeroGPU they are
+        pickled into the worker process)."""
+        if draft:
+            return self._extract_draft(mode, photo, video, start, end, fps, points, progress, **options)
+        return self._extract(mode, photo, video, start, end, resolution, fps, points, progress, **options)
+
+    async def _generate_job(
         self, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
-    ) -> tuple:
+    ) -> AsyncIterator[tuple]:
         """/animate and /replace: generate from an extracted job."""
         job = open_job(self.work_root, job_id)
-        with self._cancellable(request, job.record.mode) as cancel:
-            return self._generate(job, settings, cancel, PageProgress(progress))
+        running = Running()
 
-    def _extract_then_generate(
+        def run() -> Iterator[tuple]:
+            with self._registered(request, job.record.mode, running):
+                yield from self._generate(job, settings, running, PageProgress(progress))
+
+        async for outputs in stream_async(run(), on_stop=running.stop):
+            yield outputs
+
+    async def _extract_then_generate(
         self,
         mode: str,
         extract: Callable[[PageProgress], Job],
         settings: GenerationSettings,
         request: gr.Request | None,
         progress: Callable[..., Any],
-    ) -> Iterator[tuple]:
+    ) -> AsyncIterator[tuple]:
         """One click and drafts: yield the job id as soon as ``extract`` made it (the page shows its previews while
-        generation runs), then the generation's outputs and the job id."""
-        progress = PageProgress(progress)
-        with self._cancellable(request, mode) as cancel:
-            job = extract(progress)
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, progress), job.id)
+        generation runs), then the generation's outputs, each with the job id."""
+        running = Running()
+
+        def run() -> Iterator[tuple]:
+            with self._registered(request, mode, running):
+                job = extract(PageProgress(progress))
+                yield (*NO_RESULT, job.id)
+                for outputs in self._generate(job, settings, running, PageProgress(progress)):
+                    yield (*outputs, job.id)
+
+        async for outputs in stream_async(run(), on_stop=running.stop):
+            yield outputs
 
     def _settings(self, *values, **named) -> GenerationSettings:
         return generation_settings(*values, **named, fast_available=self.fast_available)
 
     def _generate(
-        self, job: Job, settings: GenerationSettings, cancel: threading.Event, progress: PageProgress
-    ) -> tuple[str, str, str, dict]:
-        """Generate from a job's conditioning; ``cancel`` (set by Stop) is checked between steps.
+        self, job: Job, settings: GenerationSettings, running: Running, progress: PageProgress
+    ) -> Iterator[tuple[str | None, str | None, str, dict]]:
+        """Generate from a job's conditioning as GPU calls (one off ZeroGPU), on the calling thread; yield the
+        outputs after every finished segment, then the finished result.
 
-        Returns:
-            The generation endpoints' outputs: result video, side-by-side video, summary, details.
+        The job's state folder is one per settings (`Job.generation_dir`): a job stopped or failed part-way keeps
+        its segments there and in its video, and the same settings go on from the last one. Its last outputs then
+        hold what was finished and say how it ended; with nothing finished it raises.
+
+        Raises:
+            GenerationCancelled: Stopped before a segment was finished.
+            WanAnimateError: Failed before a segment was finished (the sentence says what to change).
         """
+        started = time.monotonic()
         conditioning = job.load_conditioning()
-        with self._gpu_slots:
-            if cancel.is_set():
-                raise GenerationCancelled("Stopped before generation started.")
-            progress.phase("Loading the model")  # a first load reports its own stages
-            pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
-            with self._lora_lock:
-                if self.fast_available:
-                    progress.phase("Loading the few-step LoRA")
-                    ensure_fast_lora(pipeline, self.config.fast_lora)
-                if self.config.relight_lora and job.record.mode == "replace":
-                    progress.phase("Loading the relighting LoRA")
-                    ensure_relighting_lora(pipeline, self.config.relight_lora)
-            progress.phase("Encoding the prompt and the inputs")
-            name = uuid.uuid4().hex[:8]
-            result = generate_video(pipeline, conditioning, job.output(f"result_{name}.mp4"), settings, progress=progress, cancel=cancel)
+        run = _Run(job, conditioning, settings)
+        with self._claimed(run.state_dir):
+            (run.state_dir / STOP_FILE).unlink(missing_ok=True)  # a stopped run's
+            running.stop_file = run.state_dir / STOP_FILE if self.config.zerogpu else None
+            checkpoint = load_checkpoint(run.state_dir, conditioning, settings)
+            run.done = checkpoint.segments_done if checkpoint is not None else 0
+            if run.done and run.video.is_file():
+                yield run.partial(f"Continuing from segment {run.done + 1} of {run.total}.")
+            end: CallEnd | None = None
+            failure = None
+            while failure is None and (end is None or (end.result is not None and not end.result.complete)):
+                if running.cancel.is_set():
+                    end = CallEnd(stopped=f"Stopped after segment {run.done} of {run.total}." if run.done else "Stopped before generation started.")
+                    break
+                call = self._next_call(run)
+                run.calls += 1
+                before = run.done
+                if self.config.zerogpu:
+                    last = min(run.total, run.done + (call.segments or run.total))
+                    progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
+                try:
+                    for report in self._generation_call(call, job, settings, None if self.config.zerogpu else running.cancel):
+                        if isinstance(report, Progress):
+                            progress(report.done, report.total, report.description)
+                        elif isinstance(report, SegmentUpdate):
+                            run.done = report.index + 1
+                            yield run.partial()
+                        else:
+                            end = report
+                except Exception as error:  # the finished segments are kept whatever ended the call
+                    if is_platform_refusal(error):
+                        failure = refusal_message(error)
+                    elif run.done == 0:
+                        raise
+                    else:
+                        logger.exception("Generation of %s failed after segment %d of %d", job.id, run.done, run.total)
+                        failure = f"Generation failed ({type(error).__name__}; the app's log has the details)."
+                    break
+                failure = failure or end.error
+                if failure is None and end.stopped is None and run.done == before and not end.result.complete:
+                    failure = (f"A segment takes longer than a GPU call can hold (about {self._segment_seconds(run):.0f} s "
+                               "measured): choose the fast preset, 480p or fewer steps.")
+            if failure is None and end.result is not None and end.result.complete:
+                running.outcome = "Finished: the result is complete."
+                yield self._finish(run, end.result, time.monotonic() - started, progress)
+                return
+            reason = failure or end.stopped
+            running.outcome = f"{reason} {run.kept()}" if run.done else reason
+            logger.info("Generation of %s ended early: %s", job.id, running.outcome)
+            if run.done == 0:
+                raise WanAnimateError(reason) if failure else GenerationCancelled(reason)
+            if failure:
+                gr.Warning(running.outcome)
+            yield run.partial(f"{'⚠️' if failure else '⏹'} {running.outcome}")
+
+    def _next_call(self, run: _Run) -> GpuCall:
+        """The next GPU call of a job: off ZeroGPU one call for all of it; on ZeroGPU as many whole segments as fit
+        in one call, timed from the segments measured so far (else from the table of `presets.STEP_TIMES`).
+
+        Raises:
+            WanAnimateError: On ZeroGPU, one segment does not fit in a call.
+        """
+        if not self.config.zerogpu:
+            return LOCAL_CALL
+        return plan_calls(run.total - run.done, self._segment_seconds(run)).calls[0]
+
+    def _segment_seconds(self, run: _Run) -> float:
+        """Estimated GPU seconds of one of the run's segments: measured (the checkpoint's) or from the table."""
+        checkpoint = load_checkpoint(run.state_dir, run.conditioning, run.settings)
+        return self.gpu_time.segment(run.job.record.resolution, run.settings, checkpoint)
+
+    def _generation_call(
+        self, call: GpuCall, job: Job, settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Iterator[Progress | SegmentUpdate | CallEnd]:
+        """One GPU call of a generation (a `spaces.GPU` generator): the model and the job's LoRAs ready, then up
+        to ``call.segments`` segments of the job (`generate_video`, resumed from the job's state folder), ending
+        (resumably) before ``call.budget`` runs out.
+
+        On ZeroGPU it runs in a worker process: its arguments and reports are pickled, and ``cancel`` (which could
+        not cross) is ``None``: a stop reaches it through the state folder's `zerogpu.STOP_FILE`.
+
+        Yields:
+            `Progress` at every phase and step, `SegmentUpdate` after each segment, a `CallEnd` last.
+        """
+        started = time.monotonic()
+        state_dir = job.generation_dir(_settings_key(settings))
+
+        def work(report: Callable[[Any], None], cancel: threading.Event) -> CallEnd:
+            def progress(done: float, total: float, description: str) -> None:
+                report(Progress(done, total, description))
+
+            try:
+                with self._gpu_slots:
+                    if cancel.is_set():
+                        raise GenerationCancelled("Stopped before generation started.")
+                    pipeline = self._ready_pipeline(job.record.mode, settings, progress)
+                    progress(0, 0, "Encoding the prompt and the inputs")
+                    result = generate_video(
+                        pipeline, job.load_conditioning(), state_dir / GENERATION_VIDEO, settings, progress=progress,
+                        cancel=cancel, state_dir=state_dir, max_segments=call.segments,
+                        deadline=None if call.budget is None else started + call.budget, on_segment=report,
+                    )
+            except GenerationCancelled as stopped:
+                return CallEnd(stopped=str(stopped))
+            except WanAnimateError as error:
+                return CallEnd(error=str(error))
+            return CallEnd(result=result)
+
+        with contextlib.nullcontext(cancel) if cancel is not None else stop_file_event(state_dir / STOP_FILE) as cancel:
+            yield from stream_thread(functools.partial(work, cancel=cancel), cancel)
+
+    def _ready_pipeline(self, mode: str, settings: GenerationSettings, progress: Callable[[float, float, str], None]):
+        """The pipeline with the LoRAs this job uses loaded, each load under its own label (at once when loaded)."""
+        progress(0, 0, "Loading the model")  # a first load reports its own stages
+        pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
+        with self._lora_lock:
+            if self.fast_available:
+                progress(0, 0, "Loading the few-step LoRA")
+                ensure_fast_lora(pipeline, self.config.fast_lora)
+            if settings.relight if settings.relight is not None else mode == "replace":
+                progress(0, 0, "Loading the relighting LoRA")
+                ensure_relighting_lora(pipeline, self.config.relight_lora or RELIGHT_REPO)
+        return pipeline
+
+    def _finish(self, run: _Run, result: GenerationResult, seconds: float, progress: PageProgress) -> tuple:
+        """The finished job's outputs: the video and its side-by-side become the job's result (its older result
+        goes), the state folder goes."""
         progress.phase("Writing the side-by-side video")
-        side_by_side = job.write_side_by_side(result.video_path, job.output(f"side_by_side_{name}.mp4"))
-        return (
-            str(result.video_path),
-            str(side_by_side),
-            _result_markdown(conditioning, result, settings),
-            self._details(job, conditioning, result, settings),
-        )
+        with run.job.new_result() as files:
+            run.job.write_side_by_side(result.video_path, files.side_by_side)
+            os.replace(result.video_path, files.video)
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+        details = {**run.details(), "complete": True, "seed": result.seed, "seconds": round(seconds, 2)}
+        return str(files.video), str(files.side_by_side), _result_markdown(run, result.seed, seconds), details
 
     @contextmanager
-    def _cancellable(self, request: gr.Request | None, mode: str) -> Iterator[threading.Event]:
-        """The event Stop sets for this browser tab's job in ``mode``, registered while the job runs.
-
-        On ZeroGPU the job runs in a forked worker that this event does not reach; there Stop only drops the
-        queued or running event from Gradio's queue.
-        """
+    def _registered(self, request: gr.Request | None, mode: str, running: Running) -> Iterator[None]:
+        """``running`` as the job Stop reaches for this browser tab (or API session) in ``mode`` while the block
+        runs; when it ends, its outcome (kept for Stop to say when the job was stopped)."""
         key = _cancel_key(request, mode)
-        cancel = threading.Event()
         with self._cancel_lock:
-            self._cancels[key] = cancel
+            self._running[key] = running
         try:
-            yield cancel
+            yield
         finally:
             with self._cancel_lock:
-                if self._cancels.get(key) is cancel:
-                    del self._cancels[key]
+                if self._running.get(key) is running:
+                    del self._running[key]
+                if running.cancel.is_set():
+                    self._stopped[key] = running.outcome or "Stopped."
+            running.ended.set()
+
+    @contextmanager
+    def _claimed(self, state_dir: Path) -> Iterator[None]:
+        """One generation at a time per job and settings (they would write the same state folder)."""
+        with self._cancel_lock:
+            if state_dir in self._generating:
+                raise WanAnimateError("This job is already being generated with these settings: wait for it, or press Stop.")
+            self._generating.add(state_dir)
+        try:
+            yield
+        finally:
+            with self._cancel_lock:
+                self._generating.discard(state_dir)
 
     def _report(self, job: Job) -> dict:
         return {"job_id": job.id, "mode": job.record.mode, "resolution": job.record.resolution, **(job.record.report or {})}
-
-    def _details(self, job: Job, conditioning: Conditioning, result: GenerationResult, settings: GenerationSettings) -> dict:
-        return {
-            "job_id": job.id,
-            "seed": result.seed,
-            "frames": conditioning.num_frames,
-            "fps": result.fps,
-            "width": conditioning.width,
-            "height": conditioning.height,
-            "seconds": round(result.seconds, 2),
-            "steps": settings.num_inference_steps,
-            "guidance": settings.guidance_scale,
-            "overlap": settings.overlap_frames,
-            "lora_weights": dict(settings.lora_weights),
-            "step_cache": settings.step_cache,
-            "report": job.record.report,
-        }
 
 
 def _preview_files(job: Job, prepared: Preprocessed) -> dict[str, str]:
@@ -764,12 +1061,85 @@ def _preview_files(job: Job, prepared: Preprocessed) -> dict[str, str]:
     return {name: str(Path(path).relative_to(job.folder)) for name, path in files.items() if path is not None}
 
 
-def _result_markdown(conditioning: Conditioning, result: GenerationResult, settings: GenerationSettings) -> str:
-    frames = conditioning.num_frames
+GENERATION_VIDEO = "video.mp4"
+"""The growing video of a generation, in its state folder (`Job.generation_dir`) until the job is finished."""
+
+
+class _Run:
+    """One generation of a job: where its state is, how far it got, and the result pane's outputs on the way."""
+
+    def __init__(self, job: Job, conditioning: Conditioning, settings: GenerationSettings) -> None:
+        self.job = job
+        self.conditioning = conditioning
+        self.settings = settings
+        self.plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+        self.state_dir = job.generation_dir(_settings_key(settings))
+        self.video = self.state_dir / GENERATION_VIDEO
+        self.done = 0
+        self.calls = 0
+
+    @property
+    def total(self) -> int:
+        return self.plan.num_segments
+
+    def kept(self) -> str:
+        """What a job that ended early keeps, and how to go on."""
+        segments = "segment" if self.done == 1 else f"{self.done} segments"
+        return (
+            f"The video holds the finished {segments} ({self.plan.frames_done(self.done)} of "
+            f"{self.conditioning.num_frames} frames): Generate again with the same settings to go on from segment "
+            f"{self.done + 1} of {self.total}."
+        )
+
+    def partial(self, note: str = "") -> tuple[str, None, str, dict]:
+        """The outputs while the job is not finished: the video so far, no side-by-side, a summary that says so."""
+        frames = self.plan.frames_done(self.done)
+        summary = (
+            f"**Segment {self.done} of {self.total} done** · {frames} of {self.conditioning.num_frames} frames so far"
+            " (the video grows as segments finish)"
+        )
+        details = {**self.details(), "complete": False, "segments_done": self.done, "frames_done": frames}
+        return str(self.video), None, f"{note}\n\n{summary}" if note else summary, details
+
+    def details(self) -> dict:
+        conditioning, settings = self.conditioning, self.settings
+        return {
+            "job_id": self.job.id,
+            "seed": settings.seed,
+            "frames": conditioning.num_frames,
+            "fps": conditioning.fps,
+            "width": conditioning.width,
+            "height": conditioning.height,
+            "segments_total": self.total,
+            "gpu_calls": self.calls,
+            "steps": settings.num_inference_steps,
+            "guidance": settings.guidance_scale,
+            "overlap": settings.overlap_frames,
+            "lora_weights": dict(settings.lora_weights),
+            "step_cache": settings.step_cache,
+            "report": self.job.record.report,
+        }
+
+
+def _settings_key(settings: GenerationSettings) -> str:
+    """Names a job's generation state folder: every setting, the seed or "random" (a stopped job with a random seed
+    goes on with the seed it drew)."""
+    described = repr(replace(settings, seed=None)) + f"|seed={'random' if settings.seed is None else settings.seed}"
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def _call_duration(call: GpuCall, *args: Any, **kwargs: Any) -> int:
+    """`spaces.GPU`'s duration of a generation call: the seconds its plan asks for."""
+    return call.seconds or MAX_CALL_SECONDS
+
+
+def _result_markdown(run: _Run, seed: int, seconds: float) -> str:
+    frames, fps = run.conditioning.num_frames, run.conditioning.fps
+    calls = f" in {run.calls} GPU calls" if run.calls > 1 else ""
     return (
-        f"**Seed {result.seed}** · {frames} frames at {result.fps:g} fps ({frames / result.fps:.1f} s) · "
-        f"{conditioning.width}×{conditioning.height} · {settings.num_inference_steps} steps · "
-        f"took {result.seconds:.0f} s"
+        f"**Seed {seed}** · {frames} frames at {fps:g} fps ({frames / fps:.1f} s) · "
+        f"{run.conditioning.width}×{run.conditioning.height} · {run.settings.num_inference_steps} steps · "
+        f"took {seconds:.0f} s{calls}"
     )
 
 
