@@ -19,6 +19,7 @@ from PIL import Image
 
 from tests.media import counter_frames, write_test_video
 from wan_animate.errors import GenerationCancelled, WanAnimateError
+from wan_animate.generate import GenerationSettings
 from wan_animate.jobs import open_job
 from wan_animate.preprocess import Preprocessed
 from wan_animate.preprocess.report import QualityReport
@@ -343,3 +344,32 @@ def test_no_extraction_asks_zerogpu_for_more_than_its_longest_call(tmp_path, mon
     duration = gpu_time_module.duration_of(lambda video, fps="30", mode="replace": None, GpuTime(tmp_path, True).extract)
     assert duration("clip.mp4") == gpu_duration(estimate_preprocess_seconds(900, "replace")) <= MAX_CALL_SECONDS
     assert duration("clip.mp4", fps="source") == MAX_CALL_SECONDS
+
+
+def test_the_page_says_the_gpu_time_before_a_job_starts(tmp_path, studio, inputs):
+    *_, job_id = studio.extract_animation(*inputs, progress=Recorder())
+    job = open_job(studio.work_root, job_id)
+    job.record.num_frames = 900  # 30 s at 30 fps
+    job.save()
+    page = ("", None, 0.0, None, "30", "720p")
+    assert studio.gpu_estimate(*page, "quality", 20, 1.0, 1) == ""  # nothing uploaded yet
+    local = studio.gpu_estimate(job_id, *page[1:], "quality", 20, 1.0, 1)
+    assert local.startswith("**Generation:** about 56 min of GPU time (900 frames at 720p, 12 segments of 20 steps")
+
+    zerogpu = Studio(_config(tmp_path, zerogpu=True))
+    assert zerogpu.default_preset == "fast" and studio.default_preset == "quality"
+    fast = zerogpu.gpu_estimate(job_id, *page[1:], "fast", 4, 1.0, 1)
+    assert fast.startswith("**Generation on ZeroGPU:** about 20 min of GPU time in 4 calls of at most 300 s")
+    assert "More than a free account's daily ZeroGPU quota" in fast
+    quality = zerogpu.gpu_estimate(job_id, *page[1:], "quality", 20, 1.0, 1)
+    assert quality.startswith("⚠️ One segment at these settings needs about 282 s of GPU time")
+    # From the uploaded video, before any extraction: the short clip is one segment, well within a free quota.
+    short = zerogpu.gpu_estimate("", inputs[1], 0.0, None, "30", "480p", "fast", 4, 1.0, 1)
+    assert short == "**Generation on ZeroGPU:** about 60 s of GPU time in 1 call of at most 300 s (24 frames at 480p, 1 segment of 4 steps)."
+
+
+def test_a_generation_state_folder_is_named_by_its_settings(studio):
+    key = studio_module._settings_key
+    assert key(GenerationSettings(seed=None)) == key(GenerationSettings(seed=None))  # a random seed goes on
+    assert len({key(GenerationSettings(seed=None)), key(GenerationSettings(seed=3)), key(GenerationSettings(seed=4)),
+                key(GenerationSettings(num_inference_steps=4)), key(GenerationSettings(guidance_scale=2.0))}) == 5
