@@ -873,10 +873,9 @@ class Studio:
 
         The job's state folder is one per settings (`Job.generation_dir`): a job stopped or failed part-way keeps
         its segments there and in its video, and the same settings go on from the last one. Its last outputs then
-        hold what was finished and say how it ended; with nothing finished it raises.
+        hold what was finished and say how it ended; a failure with nothing finished raises.
 
         Raises:
-            GenerationCancelled: Stopped before a segment was finished.
             WanAnimateError: Failed before a segment was finished (the sentence says what to change).
         """
         started = time.monotonic()
@@ -930,11 +929,13 @@ class Studio:
             reason = failure or end.stopped
             running.outcome = f"{reason} {run.kept()}" if run.done else reason
             logger.info("Generation of %s ended early: %s", job.id, running.outcome)
-            if run.done == 0:
-                raise WanAnimateError(reason) if failure else GenerationCancelled(reason)
+            if failure and run.done == 0:
+                raise WanAnimateError(reason)
             if failure:
                 gr.Warning(running.outcome)
-            yield run.partial(f"{'⚠️' if failure else '⏹'} {running.outcome}")
+            # A stop is no error: the last outputs say it (and hold the finished segments, if any).
+            note = f"⚠️ {running.outcome}" if failure else running.outcome
+            yield run.partial(note) if run.done else (None, None, note, run.partial()[3])
 
     def _next_call(self, run: _Run) -> GpuCall:
         """The next GPU call of a job: off ZeroGPU one call for all of it; on ZeroGPU as many whole segments as fit
