@@ -159,28 +159,28 @@ def test_the_video_grows_segment_by_segment_with_progress_in_the_status(client, 
     assert any(desc.endswith(" left") for desc, _, _ in engine), seen  # the time left, once a step was measured
 
 
-def test_client_cancel_stops_within_a_step_and_the_next_job_runs_at_once(served_demo, client, e2e_media, monkeypatch):
+def test_client_cancel_stops_within_a_step_and_the_same_call_goes_on(served_demo, client, e2e_media, monkeypatch):
     """``job.cancel()`` from `gradio_client` reaches the running job's cancel event, and the job stops at its
-    next check, after the step it is in.
+    next check, after the step it is in; the finished segment is kept, and the same call goes on from it.
 
-    "Within a step" is measured by counting, not timing: the engine is held inside its report of step 2 until the
-    client's cancel has reached the event it checks right after that report (so the cancel lands during a step,
-    as it would when it comes at any moment); it then runs no further step: 2 step reports in all, and the job says
-    "Stopped after step 2 of N". The next job then runs to the end straight away (no step of the stopped job is
-    left to wait for; the GPU slot is free).
+    "Within a step" is measured by counting, not timing: the engine is held inside its report of step 7 (step 2
+    of the second segment) until the client's cancel has reached the event it checks right after that report (so
+    the cancel lands during a step, as it would when it comes at any moment); it then runs no further step: 7 step
+    reports in all, and the job says "Stopped after step 7 of 10". The next call runs at once (no step of the
+    stopped job is left to wait for) and does only the second segment.
     """
     studio = served_demo.studio
     job_id = _extract(client, e2e_media)
-    in_step_2, ended, step_reports = threading.Event(), threading.Event(), []
+    in_step_7, ended, step_reports = threading.Event(), threading.Event(), []
     real_generate_video = studio_module.generate_video
 
-    def held_at_step_2(*args, progress, cancel, **kwargs):
+    def held_at_step_7(*args, progress, cancel, **kwargs):
         def report(done, total, description):
             progress(done, total, description)
             if " · step " in description:
                 step_reports.append(description)
-                if len(step_reports) == 2:
-                    in_step_2.set()
+                if len(step_reports) == 7:
+                    in_step_7.set()
                     assert cancel.wait(60), "the client's cancel did not reach the job"
 
         try:
@@ -188,15 +188,21 @@ def test_client_cancel_stops_within_a_step_and_the_next_job_runs_at_once(served_
         finally:
             ended.set()
 
-    monkeypatch.setattr(studio_module, "generate_video", held_at_step_2)
-    job = client.submit(job_id, "quality", 5, 3, 1.0, 1, False, api_name="/animate")
-    assert in_step_2.wait(120)
+    monkeypatch.setattr(studio_module, "generate_video", held_at_step_7)
+    values = (job_id, "quality", 5, 3, 1.0, 1, False)
+    job = client.submit(*values, api_name="/animate")
+    assert in_step_7.wait(120)
     assert job.cancel()
     assert ended.wait(60)  # the engine stopped (no Stop button involved: only the client's cancel)
-    assert len(step_reports) == 2  # no step ran after the cancel
+    assert len(step_reports) == 7  # no step ran after the cancel
     session = types.SimpleNamespace(session_hash=client.session_hash)
-    assert list(studio.stop("animate", session))[-1] == "Stopped after step 2 of 10."  # how it ended, as Stop says
+    stopped = list(studio.stop("animate", session))[-1]  # how it ended, as the page's Stop says it
+    assert stopped.startswith("Stopped after step 7 of 10. The video holds the finished segment (77 of 80 frames)")
 
-    monkeypatch.setattr(studio_module, "generate_video", real_generate_video)
-    video, side, summary, details = client.predict(job_id, "quality", 1, 3, 1.0, 1, False, api_name="/animate")
+    step_reports.clear()
+    on = client.submit(*values, api_name="/animate")
+    video, side, summary, details = on.result()
+    kept, _, continuing, _ = on.outputs()[0]  # first, the kept segment
+    assert "Continuing from segment 2 of 2." in continuing and video_facts(_path(kept))["frames"] == 77
     assert details["complete"] and video_facts(_path(video))["frames"] == DRIVING_FRAMES
+    assert len(step_reports) == 5  # the second segment only

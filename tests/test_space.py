@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import types
 from pathlib import Path
 
@@ -373,3 +374,34 @@ def test_a_generation_state_folder_is_named_by_its_settings(studio):
     assert key(GenerationSettings(seed=None)) == key(GenerationSettings(seed=None))  # a random seed goes on
     assert len({key(GenerationSettings(seed=None)), key(GenerationSettings(seed=3)), key(GenerationSettings(seed=4)),
                 key(GenerationSettings(num_inference_steps=4)), key(GenerationSettings(guidance_scale=2.0))}) == 5
+
+
+def test_a_run_of_the_same_job_and_settings_waits_for_the_one_before(studio, tmp_path):
+    """Stop, then Generate at once: the new run waits (under a label) until the stopped one ends its step, instead
+    of both writing the same state folder or the new one being refused."""
+    state_dir, labels = tmp_path / "state", []
+    first_claimed, second_waits, second_claimed, release = (threading.Event() for _ in range(4))
+
+    def progress(value, desc=None, **_) -> None:
+        labels.append(desc)
+        second_waits.set()
+
+    def first() -> None:
+        with studio._claimed(state_dir, PageProgress(Recorder())):
+            first_claimed.set()
+            assert release.wait(30)
+
+    def second() -> None:
+        with studio._claimed(state_dir, PageProgress(progress)):
+            second_claimed.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_claimed.wait(30)
+    threads[1].start()
+    assert second_waits.wait(30)  # the second run says it waits...
+    assert labels == ["Waiting for this job's last run to end its step"] and not second_claimed.is_set()
+    release.set()  # ...and goes on once the first one ended
+    for thread in threads:
+        thread.join(30)
+    assert second_claimed.is_set()

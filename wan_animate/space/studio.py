@@ -27,7 +27,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -162,9 +162,9 @@ class PageProgress:
 
 
 @dataclass(frozen=True)
-class Progress:
-    """A progress report of a GPU call, as it crosses from ZeroGPU's worker process to the app's
-    (``total`` 0: a phase without a count)."""
+class ProgressReport:
+    """A ``progress(done, total, description)`` call of a GPU call, as it crosses from ZeroGPU's worker process to
+    the app's (``total`` 0: a phase without a count)."""
 
     done: float
     total: float
@@ -197,10 +197,6 @@ class Running:
         if self.stop_file is not None:
             self.stop_file.touch()
 
-    def end(self, outcome: str) -> None:
-        self.outcome = outcome
-        self.ended.set()
-
 
 STOP_WAIT_SECONDS = 600
 """How long Stop waits to say how far the job got (a step at 720p with guidance takes ~26 s on an H100; loading
@@ -228,7 +224,8 @@ class Studio:
         self._cancel_lock = threading.Lock()
         self._running: dict[str, Running] = {}
         self._stopped: dict[str, str] = {}  # how the last stopped job of a tab and mode ended, until Stop says it
-        self._generating: set[Path] = set()  # state folders a generation works on
+        self._claims = threading.Condition()
+        self._generating: set[Path] = set()  # state folders a generation works on (under _claims)
         # On ZeroGPU each GPU action asks for as long as its job needs; elsewhere spaces.GPU returns it as is.
         # A generation is not one action: it runs as GPU calls (`_generation_call`), each asking for its own.
         self.gpu_time = GpuTime(self.work_root, self.fast_available)
@@ -879,63 +876,68 @@ class Studio:
             WanAnimateError: Failed before a segment was finished (the sentence says what to change).
         """
         started = time.monotonic()
-        conditioning = job.load_conditioning()
-        run = _Run(job, conditioning, settings)
-        with self._claimed(run.state_dir):
+        run = _Run(job, job.load_conditioning(), settings)
+        with self._claimed(run.state_dir, progress):
             (run.state_dir / STOP_FILE).unlink(missing_ok=True)  # a stopped run's
             running.stop_file = run.state_dir / STOP_FILE if self.config.zerogpu else None
-            checkpoint = load_checkpoint(run.state_dir, conditioning, settings)
+            checkpoint = load_checkpoint(run.state_dir, run.conditioning, settings)
             run.done = checkpoint.segments_done if checkpoint is not None else 0
             if run.done and run.video.is_file():
                 yield run.partial(f"Continuing from segment {run.done + 1} of {run.total}.")
-            end: CallEnd | None = None
-            failure = None
-            while failure is None and (end is None or (end.result is not None and not end.result.complete)):
-                if running.cancel.is_set():
-                    end = CallEnd(stopped=f"Stopped after segment {run.done} of {run.total}." if run.done else "Stopped before generation started.")
-                    break
-                call = self._next_call(run)
-                run.calls += 1
-                before = run.done
-                if self.config.zerogpu:
-                    last = min(run.total, run.done + (call.segments or run.total))
-                    progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
-                try:
-                    for report in self._generation_call(call, job, settings, None if self.config.zerogpu else running.cancel):
-                        if isinstance(report, Progress):
-                            progress(report.done, report.total, report.description)
-                        elif isinstance(report, SegmentUpdate):
-                            run.done = report.index + 1
-                            yield run.partial()
-                        else:
-                            end = report
-                except Exception as error:  # the finished segments are kept whatever ended the call
-                    if is_platform_refusal(error):
-                        failure = refusal_message(error)
-                    elif run.done == 0:
-                        raise
-                    else:
-                        logger.exception("Generation of %s failed after segment %d of %d", job.id, run.done, run.total)
-                        failure = f"Generation failed ({type(error).__name__}; the app's log has the details)."
-                    break
-                failure = failure or end.error
-                if failure is None and end.stopped is None and run.done == before and not end.result.complete:
-                    failure = (f"A segment takes longer than a GPU call can hold (about {self._segment_seconds(run):.0f} s "
-                               "measured): choose the fast preset, 480p or fewer steps.")
-            if failure is None and end.result is not None and end.result.complete:
+            end = yield from self._calls(run, running, progress)
+            if end.result is not None:
                 running.outcome = "Finished: the result is complete."
                 yield self._finish(run, end.result, time.monotonic() - started, progress)
                 return
-            reason = failure or end.stopped
-            running.outcome = f"{reason} {run.kept()}" if run.done else reason
-            logger.info("Generation of %s ended early: %s", job.id, running.outcome)
-            if failure and run.done == 0:
-                raise WanAnimateError(reason)
-            if failure:
-                gr.Warning(running.outcome)
-            # A stop is no error: the last outputs say it (and hold the finished segments, if any).
-            note = f"⚠️ {running.outcome}" if failure else running.outcome
-            yield run.partial(note) if run.done else (None, None, note, run.partial()[3])
+        reason = end.error or end.stopped
+        running.outcome = f"{reason} {run.kept()}" if run.done else reason
+        logger.info("Generation of %s ended early: %s", job.id, running.outcome)
+        if end.error is None:  # a stop is no error: the last outputs say it
+            yield run.partial(running.outcome)
+        elif run.done:
+            gr.Warning(running.outcome)
+            yield run.partial(f"⚠️ {running.outcome}")
+        else:
+            raise WanAnimateError(reason)
+
+    def _calls(self, run: _Run, running: Running, progress: PageProgress) -> Generator[tuple, None, CallEnd]:
+        """The job's GPU calls, until it is complete or ends early; yield the outputs after every segment.
+
+        Returns:
+            The end of the last call: its complete result, or the sentence of a stop or a failure (the platform's
+            refusal of a call, a call that finished no segment, or any error once segments are finished).
+        """
+        while not running.cancel.is_set():
+            call = self._next_call(run)
+            run.calls += 1
+            before = run.done
+            if self.config.zerogpu:
+                last = min(run.total, run.done + (call.segments or run.total))
+                progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
+            cancel = None if self.config.zerogpu else running.cancel  # an event cannot cross into ZeroGPU's worker
+            try:
+                for report in self._generation_call(call, run.job, run.settings, run.state_dir, cancel):
+                    if isinstance(report, ProgressReport):
+                        progress(report.done, report.total, report.description)
+                    elif isinstance(report, SegmentUpdate):
+                        run.done = report.index + 1
+                        yield run.partial()
+                    else:
+                        end = report
+            except Exception as error:  # the finished segments are kept whatever ended the call
+                if is_platform_refusal(error):
+                    return CallEnd(error=refusal_message(error))
+                if run.done == 0:
+                    raise
+                logger.exception("Generation of %s failed after segment %d of %d", run.job.id, run.done, run.total)
+                return CallEnd(error=f"Generation failed ({type(error).__name__}; the app's log has the details).")
+            if end.result is None or end.result.complete:
+                return end
+            if run.done == before:
+                return CallEnd(error=f"A segment takes longer than a GPU call can hold (about {self._segment_seconds(run):.0f} s "
+                                     "measured): choose the fast preset, 480p or fewer steps.")
+        stopped = f"after segment {run.done} of {run.total}" if run.done else "before generation started"
+        return CallEnd(stopped=f"Stopped {stopped}.")
 
     def _next_call(self, run: _Run) -> GpuCall:
         """The next GPU call of a job: off ZeroGPU one call for all of it; on ZeroGPU as many whole segments as fit
@@ -954,27 +956,29 @@ class Studio:
         return self.gpu_time.segment(run.job.record.resolution, run.settings, checkpoint)
 
     def _generation_call(
-        self, call: GpuCall, job: Job, settings: GenerationSettings, cancel: threading.Event | None = None
-    ) -> Iterator[Progress | SegmentUpdate | CallEnd]:
+        self, call: GpuCall, job: Job, settings: GenerationSettings, state_dir: Path, cancel: threading.Event | None = None
+    ) -> Iterator[ProgressReport | SegmentUpdate | CallEnd]:
         """One GPU call of a generation (a `spaces.GPU` generator): the model and the job's LoRAs ready, then up
-        to ``call.segments`` segments of the job (`generate_video`, resumed from the job's state folder), ending
+        to ``call.segments`` segments of the job (`generate_video`, resumed from ``state_dir``), ending
         (resumably) before ``call.budget`` runs out.
 
         On ZeroGPU it runs in a worker process: its arguments and reports are pickled, and ``cancel`` (which could
         not cross) is ``None``: a stop reaches it through the state folder's `zerogpu.STOP_FILE`.
 
         Yields:
-            `Progress` at every phase and step, `SegmentUpdate` after each segment, a `CallEnd` last.
+            `ProgressReport` at every phase and step, `SegmentUpdate` after each segment, a `CallEnd` last.
         """
         started = time.monotonic()
-        state_dir = job.generation_dir(_settings_key(settings))
 
         def work(report: Callable[[Any], None], cancel: threading.Event) -> CallEnd:
             def progress(done: float, total: float, description: str) -> None:
-                report(Progress(done, total, description))
+                report(ProgressReport(done, total, description))
 
             try:
-                with self._gpu_slots:
+                if not self._gpu_slots.acquire(blocking=False):
+                    progress(0, 0, "Waiting for the GPU (another job is on it)")
+                    self._gpu_slots.acquire()
+                try:
                     if cancel.is_set():
                         raise GenerationCancelled("Stopped before generation started.")
                     pipeline = self._ready_pipeline(job.record.mode, settings, progress)
@@ -984,6 +988,8 @@ class Studio:
                         cancel=cancel, state_dir=state_dir, max_segments=call.segments,
                         deadline=None if call.budget is None else started + call.budget, on_segment=report,
                     )
+                finally:
+                    self._gpu_slots.release()
             except GenerationCancelled as stopped:
                 return CallEnd(stopped=str(stopped))
             except WanAnimateError as error:
@@ -1035,17 +1041,20 @@ class Studio:
             running.ended.set()
 
     @contextmanager
-    def _claimed(self, state_dir: Path) -> Iterator[None]:
-        """One generation at a time per job and settings (they would write the same state folder)."""
-        with self._cancel_lock:
+    def _claimed(self, state_dir: Path, progress: PageProgress) -> Iterator[None]:
+        """One generation at a time per job and settings (they would write the same state folder): a new one waits
+        for the one before (stopped, it ends after its current step)."""
+        with self._claims:
             if state_dir in self._generating:
-                raise WanAnimateError("This job is already being generated with these settings: wait for it, or press Stop.")
+                progress.phase("Waiting for this job's last run to end its step")
+            self._claims.wait_for(lambda: state_dir not in self._generating)
             self._generating.add(state_dir)
         try:
             yield
         finally:
-            with self._cancel_lock:
+            with self._claims:
                 self._generating.discard(state_dir)
+                self._claims.notify_all()
 
     def _report(self, job: Job) -> dict:
         return {"job_id": job.id, "mode": job.record.mode, "resolution": job.record.resolution, **(job.record.report or {})}
@@ -1092,15 +1101,18 @@ class _Run:
             f"{self.done + 1} of {self.total}."
         )
 
-    def partial(self, note: str = "") -> tuple[str, None, str, dict]:
-        """The outputs while the job is not finished: the video so far, no side-by-side, a summary that says so."""
+    def partial(self, note: str = "") -> tuple[str | None, None, str, dict]:
+        """The outputs while the job is not finished: the video so far (if any), no side-by-side, a summary that
+        says so (after ``note``)."""
         frames = self.plan.frames_done(self.done)
-        summary = (
-            f"**Segment {self.done} of {self.total} done** · {frames} of {self.conditioning.num_frames} frames so far"
-            " (the video grows as segments finish)"
-        )
+        summary = [note] if note else []
+        if self.done:
+            summary.append(
+                f"**Segment {self.done} of {self.total} done** · {frames} of {self.conditioning.num_frames} frames so far"
+                " (the video grows as segments finish)"
+            )
         details = {**self.details(), "complete": False, "segments_done": self.done, "frames_done": frames}
-        return str(self.video), None, f"{note}\n\n{summary}" if note else summary, details
+        return str(self.video) if self.done else None, None, "\n\n".join(summary), details
 
     def details(self) -> dict:
         conditioning, settings = self.conditioning, self.settings
