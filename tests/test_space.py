@@ -29,7 +29,7 @@ from wan_animate.space import PREVIEWS, AppConfig, PageProgress, Studio
 from wan_animate.space import gpu_time as gpu_time_module
 from wan_animate.space import studio as studio_module
 from wan_animate.space.gpu_time import GpuTime
-from wan_animate.space.zerogpu import MAX_CALL_SECONDS, GpuCall
+from wan_animate.space.zerogpu import MAX_CALL_SECONDS, GpuCall, on_zerogpu
 from wan_animate.space.inputs import frame_rate, generation_settings, optional_end
 from wan_animate.space.studio import user_errors
 
@@ -405,3 +405,19 @@ def test_a_run_of_the_same_job_and_settings_waits_for_the_one_before(studio, tmp
     for thread in threads:
         thread.join(30)
     assert second_claimed.is_set()
+
+
+def test_the_app_passes_aot_compiled_blocks_and_zerogpu_from_its_flags_and_environment(monkeypatch):
+    import app
+
+    monkeypatch.delenv("WAN_ANIMATE_AOT_BLOCKS", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    config, _ = app.parse_args([])
+    assert config.aot_blocks is None and "compile_blocks" not in config.pipeline_kwargs()  # load_pipeline's own choice
+    config, _ = app.parse_args(["--aot-blocks", "owner/repo::blocks.pt2"])
+    assert config.pipeline_kwargs()["compile_blocks"] == "aot:owner/repo::blocks.pt2"
+    monkeypatch.setenv("WAN_ANIMATE_AOT_BLOCKS", "/data/blocks.pt2")
+    assert app.parse_args([])[0].pipeline_kwargs()["compile_blocks"] == "aot:/data/blocks.pt2"
+    assert not app.parse_args([])[0].zerogpu
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert on_zerogpu()
