@@ -28,7 +28,6 @@ from wan_animate.presets import DRAFT_RESOLUTION, estimate_preprocess_seconds, g
 from wan_animate.space import PREVIEWS, AppConfig, PageProgress, Studio
 from wan_animate.space import gpu_time as gpu_time_module
 from wan_animate.space import studio as studio_module
-from wan_animate.space.gpu_time import GpuTime
 from wan_animate.space.zerogpu import MAX_CALL_SECONDS, GpuCall, on_zerogpu
 from wan_animate.space.inputs import frame_rate, generation_settings, optional_end
 from wan_animate.space.studio import user_errors
@@ -342,7 +341,7 @@ def test_no_extraction_asks_zerogpu_for_more_than_its_longest_call(tmp_path, mon
     """The longest clip the page allows (30 s) at 30 fps: Replacement's estimate fits a call; a longer estimate
     (a source rate of 60 fps) asks for the longest call rather than one ZeroGPU would refuse."""
     monkeypatch.setattr(gpu_time_module, "probe_video", lambda path: types.SimpleNamespace(duration=30.0, fps=60.0))
-    duration = gpu_time_module.duration_of(lambda video, fps="30", mode="replace": None, GpuTime(tmp_path, True).extract)
+    duration = gpu_time_module.duration_of(lambda video, fps="30", mode="replace": None, gpu_time_module.extract_seconds)
     assert duration("clip.mp4") == gpu_duration(estimate_preprocess_seconds(900, "replace")) <= MAX_CALL_SECONDS
     assert duration("clip.mp4", fps="source") == MAX_CALL_SECONDS
 

@@ -365,9 +365,13 @@ def estimate_frames(duration: float, source_fps: float, fps: float | None, start
     return max(1, math.floor(seconds * (fps or source_fps) + 1e-9))
 
 
+GPU_HEADROOM = 1.2
+"""A ZeroGPU call asks for its estimate times this: one that runs past its duration is aborted."""
+
+
 def gpu_duration(seconds: float, *, minimum: int = 60) -> int:
-    """A ZeroGPU ``duration`` (whole seconds) for an estimate: 20 % headroom, at least ``minimum``."""
-    return max(minimum, math.ceil(seconds * 1.2))
+    """A ZeroGPU ``duration`` (whole seconds) for an estimate: `GPU_HEADROOM`, at least ``minimum``."""
+    return max(minimum, math.ceil(seconds * GPU_HEADROOM))
 
 
 __all__ = [
@@ -377,6 +381,7 @@ __all__ = [
     "FAST_LORA_FILE",
     "FAST_LORA_REPO",
     "FAST_LORA_WEIGHT",
+    "GPU_HEADROOM",
     "LIGHTX2V_SCHEDULE",
     "PRESETS",
     "STEP_TIMES",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
@@ -57,56 +56,44 @@ def duration_of(action: Callable, estimate: Callable[[dict[str, Any]], float]) -
     return duration
 
 
-class GpuTime:
-    """Estimates of GPU seconds (the extraction's argument names are the endpoints').
+def extract_seconds(arguments: dict[str, Any]) -> float:
+    """An extraction (the endpoints' argument names): preprocessing of the trimmed clip's frames (a draft's: of
+    its first segment's span)."""
+    info = probe_video(arguments["video"])
+    fps = frame_rate(arguments.get("fps", "30"))
+    start, end = float(arguments.get("start") or 0.0), optional_end(arguments.get("end"))
+    if arguments.get("draft"):
+        start, end = draft_span(start, end, fps or info.fps)
+    frames = estimate_frames(info.duration, info.fps, fps, start, end)
+    return estimate_preprocess_seconds(frames, arguments.get("mode") or _mode(arguments))
 
-    Args:
-        work_root: The app's job folder root.
-        fast_available: Whether the app has a few-step LoRA (the fast preset and drafts use it).
+
+def segment_seconds(resolution: str, settings: GenerationSettings, checkpoint: Checkpoint | None = None) -> float:
+    """GPU seconds of one segment of a job: the median of its segments measured so far (``checkpoint``, from its
+    earlier calls), else from `presets.STEP_TIMES`."""
+    if checkpoint is not None and checkpoint.times:
+        measured = estimate_segment_seconds([SegmentTimes(**times) for times in checkpoint.times], settings.num_inference_steps)
+        if measured is not None:
+            return measured
+    return estimate_seconds_per_segment(resolution, settings)
+
+
+def describe_generation(frames: int, resolution: str, settings: GenerationSettings, *, zerogpu: bool) -> str:
+    """What the page says before a generation starts: its GPU time, on ZeroGPU in how many calls, and whether a
+    visitor's daily quota can plausibly cover it.
+
+    Raises:
+        WanAnimateError: On ZeroGPU, one segment does not fit in a call.
     """
-
-    def __init__(self, work_root: Path, fast_available: bool) -> None:
-        self.work_root = work_root
-        self.fast_available = fast_available
-
-    def extract(self, arguments: dict[str, Any]) -> float:
-        """An extraction: preprocessing of the trimmed clip's frames (a draft's: of its first segment's span)."""
-        frames = self._frames(arguments, draft=bool(arguments.get("draft")))
-        return estimate_preprocess_seconds(frames, arguments.get("mode") or _mode(arguments))
-
-    def segment(self, resolution: str, settings: GenerationSettings, checkpoint: Checkpoint | None = None) -> float:
-        """GPU seconds of one segment of a job: the median of its segments measured so far (``checkpoint``, from
-        its earlier calls), else from `presets.STEP_TIMES`."""
-        if checkpoint is not None and checkpoint.times:
-            measured = estimate_segment_seconds([SegmentTimes(**times) for times in checkpoint.times], settings.num_inference_steps)
-            if measured is not None:
-                return measured
-        return estimate_seconds_per_segment(resolution, settings)
-
-    def describe_generation(self, frames: int, resolution: str, settings: GenerationSettings, *, zerogpu: bool) -> str:
-        """What the page says before a generation starts: its GPU time, on ZeroGPU in how many calls, and whether a
-        visitor's daily quota can plausibly cover it.
-
-        Raises:
-            WanAnimateError: On ZeroGPU, one segment does not fit in a call.
-        """
-        segments = estimate_steps(frames, settings) // settings.num_inference_steps
-        job = f"{frames} frames at {resolution}, {segments} segment{'s' if segments != 1 else ''} of {settings.num_inference_steps} steps"
-        if not zerogpu:
-            seconds = estimate_generation_seconds(frames, resolution, settings, include_load=False)
-            return f"**Generation:** {format_minutes(seconds)} of GPU time ({job}; H100 figures)."
-        plan = plan_calls(segments, estimate_seconds_per_segment(resolution, settings))
-        line = f"**Generation on ZeroGPU:** {plan.describe()} of at most {MAX_CALL_SECONDS} s ({job})."
-        warning = quota_warning(plan.seconds)
-        return f"{line}\n\n⚠️ {warning}" if warning else line
-
-    def _frames(self, arguments: dict[str, Any], draft: bool = False) -> int:
-        info = probe_video(arguments["video"])
-        fps = frame_rate(arguments.get("fps", "30"))
-        start, end = float(arguments.get("start") or 0.0), optional_end(arguments.get("end"))
-        if draft:
-            start, end = draft_span(start, end, fps or info.fps)
-        return estimate_frames(info.duration, info.fps, fps, start, end)
+    segments = estimate_steps(frames, settings) // settings.num_inference_steps
+    job = f"{frames} frames at {resolution}, {segments} segment{'s' if segments != 1 else ''} of {settings.num_inference_steps} steps"
+    if not zerogpu:
+        seconds = estimate_generation_seconds(frames, resolution, settings, include_load=False)
+        return f"**Generation:** {format_minutes(seconds)} of GPU time ({job}; H100 figures)."
+    plan = plan_calls(segments, estimate_seconds_per_segment(resolution, settings))
+    line = f"**Generation on ZeroGPU:** {plan.describe()} of at most {MAX_CALL_SECONDS} s ({job})."
+    warning = quota_warning(plan.seconds)
+    return f"{line}\n\n⚠️ {warning}" if warning else line
 
 
 def _mode(arguments: dict[str, Any]) -> str:

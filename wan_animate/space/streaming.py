@@ -58,17 +58,15 @@ def stream_thread(work: Callable[[Callable[[Any], None]], T], cancel: threading.
             reports.put(_END)
 
     thread = _start(run, "wan_animate_work")
-    finished = False
     try:
         while (item := reports.get()) is not _END:
             if isinstance(item, _Raised):
-                finished = True
                 raise item.error
             yield item
-        finished = True
+    except GeneratorExit:  # closed before the end
+        cancel.set()
+        raise
     finally:
-        if not finished:
-            cancel.set()
         thread.join()
 
 
@@ -101,18 +99,15 @@ async def stream_async(generator: Iterator[T], on_stop: Callable[[], None]) -> A
             hand_over(_END)
 
     _start(drive, "wan_animate_job")
-    finished = False
     try:
         while (item := await items.get()) is not _END:
             if isinstance(item, _Raised):
-                finished = True
                 raise item.error
             yield item
-        finished = True
-    finally:
-        if not finished:
-            dropped.set()
-            on_stop()
+    except (GeneratorExit, asyncio.CancelledError):  # closed, or the event cancelled, before the end
+        dropped.set()
+        on_stop()
+        raise
 
 
 __all__ = ["stream_async", "stream_thread"]

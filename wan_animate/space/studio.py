@@ -68,7 +68,7 @@ from ..presets import (
 from ..segments import SegmentPlan
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
-from .gpu_time import GpuTime, duration_of
+from . import gpu_time
 from .inputs import frame_rate, generation_settings, optional_end
 from .streaming import stream_async, stream_thread
 from .zerogpu import (
@@ -228,14 +228,9 @@ class Studio:
         self._generating: set[Path] = set()  # state folders a generation works on (under _claims)
         # On ZeroGPU each GPU action asks for as long as its job needs; elsewhere spaces.GPU returns it as is.
         # A generation is not one action: it runs as GPU calls (`_generation_call`), each asking for its own.
-        self.gpu_time = GpuTime(self.work_root, self.fast_available)
-        for name, estimate in (
-            ("extract_animation", self.gpu_time.extract),
-            ("extract_replacement", self.gpu_time.extract),
-            ("_extraction_call", self.gpu_time.extract),
-        ):
+        for name in ("extract_animation", "extract_replacement", "_extraction_call"):
             action = getattr(self, name)
-            setattr(self, name, spaces.GPU(duration=duration_of(action, estimate))(action))
+            setattr(self, name, spaces.GPU(duration=gpu_time.duration_of(action, gpu_time.extract_seconds))(action))
         self._generation_call = spaces.GPU(duration=_call_duration)(self._generation_call)
 
     # -- API: Animation -------------------------------------------------------------------------------
@@ -681,7 +676,7 @@ class Studio:
                 frames = estimate_frames(info.duration, info.fps, frame_rate(fps), float(start or 0.0), optional_end(end))
             else:
                 return ""
-            return self.gpu_time.describe_generation(frames, resolution, settings, zerogpu=self.config.zerogpu)
+            return gpu_time.describe_generation(frames, resolution, settings, zerogpu=self.config.zerogpu)
         except WanAnimateError as error:
             return f"⚠️ {error}"
 
@@ -953,7 +948,7 @@ class Studio:
     def _segment_seconds(self, run: _Run) -> float:
         """Estimated GPU seconds of one of the run's segments: measured (the checkpoint's) or from the table."""
         checkpoint = load_checkpoint(run.state_dir, run.conditioning, run.settings)
-        return self.gpu_time.segment(run.job.record.resolution, run.settings, checkpoint)
+        return gpu_time.segment_seconds(run.job.record.resolution, run.settings, checkpoint)
 
     def _generation_call(
         self, call: GpuCall, job: Job, settings: GenerationSettings, state_dir: Path, cancel: threading.Event | None = None

@@ -5,8 +5,9 @@ runs: at most `MAX_CALL_SECONDS` (the platform refuses a longer one before anyth
 visitor's daily quota. A job that needs longer runs as several calls, each doing as many whole segments as fit
 and leaving the job resumable (the segment engine's checkpoint): `plan_calls` splits a job's segments into
 calls, `quota_warning` flags a job that a visitor's quota can hardly cover, and `is_platform_refusal` /
-`refusal_message` turn the platform's refusals into what the visitor can do. Elsewhere a job is one call
-(`LOCAL_CALL`).
+`refusal_message` turn the platform's refusals into what the visitor can do. A call runs in a worker process that
+the app's events do not reach: a stop reaches it through a file in the job's state folder (`STOP_FILE`,
+`stop_file_event`). Elsewhere a job is one call (`LOCAL_CALL`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WanAnimateError
+from ..presets import GPU_HEADROOM
 from ..progress import format_minutes
 
 MAX_CALL_SECONDS = 300
@@ -27,9 +29,9 @@ MAX_CALL_SECONDS = 300
 duration"): `spaces` 0.51's ``client.schedule``; Hugging Face staff: "5 minutes is the maximum time that can be
 requested at once"."""
 
-HEADROOM = 1.2
-"""A call asks for its estimate times this (as `wan_animate.presets.gpu_duration` does): a call that runs past
-its duration is aborted by the platform."""
+HEADROOM = GPU_HEADROOM
+"""A call asks for its estimate times this (as every `spaces.GPU` duration does): a call that runs past its
+duration is aborted by the platform."""
 
 CALL_START_SECONDS = 20.0
 """Seconds of a call outside its segments: the worker's start (a fork of the app's process, the weights moved
