@@ -185,6 +185,7 @@ class GpuRecorder:
     def __init__(self) -> None:
         self.durations: list[tuple[str, int]] = []
         self.refuse: set[int] = set()
+        self.error: Exception | None = None  # what a refused call raises; None: `spaces`' quota error
 
     def __call__(self, task=None, *, duration=None):
         def wrap(fn):
@@ -203,7 +204,7 @@ class GpuRecorder:
                 seconds = duration(*args, **kwargs)
                 self.durations.append((fn.__name__, seconds))
                 if len(self.generation_calls) in self.refuse:
-                    raise error("ZeroGPU quota exceeded", f"You have exceeded your free ZeroGPU quota ({seconds}s requested vs. 12s left). Try again in 0:05:00.")
+                    raise self.error or error("ZeroGPU quota exceeded", f"You have exceeded your free ZeroGPU quota ({seconds}s requested vs. 12s left). Try again in 0:05:00.")
                 args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
                 for report in fn(*args, **kwargs):
                     yield pickle.loads(pickle.dumps(report))
@@ -308,6 +309,17 @@ def test_a_refused_call_keeps_the_finished_segments_and_generate_goes_on(studios
     local, _ = studios(False)
     one_call = _collect(local.animate(*values, progress=_progress))[-1]
     assert np.array_equal(resumed_frames, _frames(one_call[0]))
+
+
+def test_any_error_after_a_finished_segment_keeps_it(studios, shared):
+    """Not the platform's refusal: an error of the app (logged with its traceback) ends the job the same way."""
+    _, job_id = shared
+    studio, recorder = studios(True)
+    recorder.refuse, recorder.error = {2}, RuntimeError("CUDA error: an illegal memory access was encountered")
+    with pytest.warns(UserWarning, match="Generation failed"):
+        *_, (video, side, summary, details) = _collect(studio.animate(job_id, "quality", 2, 11, 1.0, 1, False, progress=_progress))
+    assert summary.startswith("⚠️ Generation failed (RuntimeError; the app's log has the details). The video holds the finished segment")
+    assert details["segments_done"] == 1 and video_facts(Path(video))["frames"] == 77
 
 
 def test_stop_reaches_a_zerogpu_call_through_the_stop_file(studios, shared, monkeypatch):

@@ -902,15 +902,15 @@ class Studio:
             The end of the last call: its complete result, or the sentence of a stop or a failure (the platform's
             refusal of a call, a call that finished no segment, or any error once segments are finished).
         """
+        cancel = None if self.config.zerogpu else running.cancel  # an event cannot cross into ZeroGPU's worker
         while not running.cancel.is_set():
-            call = self._next_call(run)
-            run.calls += 1
             before = run.done
-            if self.config.zerogpu:
-                last = min(run.total, run.done + (call.segments or run.total))
-                progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
-            cancel = None if self.config.zerogpu else running.cancel  # an event cannot cross into ZeroGPU's worker
             try:
+                call = self._next_call(run)
+                run.calls += 1
+                if self.config.zerogpu:
+                    last = min(run.total, run.done + (call.segments or run.total))
+                    progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
                 for report in self._generation_call(call, run.job, run.settings, run.state_dir, cancel):
                     if isinstance(report, ProgressReport):
                         progress(report.done, report.total, report.description)
@@ -924,6 +924,8 @@ class Studio:
                     return CallEnd(error=refusal_message(error))
                 if run.done == 0:
                     raise
+                if isinstance(error, WanAnimateError):  # e.g. a segment measured too long for a ZeroGPU call
+                    return CallEnd(error=str(error))
                 logger.exception("Generation of %s failed after segment %d of %d", run.job.id, run.done, run.total)
                 return CallEnd(error=f"Generation failed ({type(error).__name__}; the app's log has the details).")
             if end.result is None or end.result.complete:
