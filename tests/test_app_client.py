@@ -128,9 +128,10 @@ def test_generate_without_extraction_says_what_to_do(client):
         client.predict("", "quality", STEPS, -1, 1.0, 1, False, api_name="/animate")
 
 
-def _extract(client, e2e_media, video: str = "video", end: float | None = None) -> str:
+def _extract_two_segments(client, e2e_media) -> str:
+    """The job id of an Animation extraction of the 80-frame clip (two segments)."""
     *_, job_id = client.predict(
-        handle_file(str(e2e_media["photo"])), _video(e2e_media[video]), 0.0, end, "480p", "30", False, "",
+        handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "480p", "30", False, "",
         api_name="/extract_animation",
     )
     return job_id
@@ -139,7 +140,7 @@ def _extract(client, e2e_media, video: str = "video", end: float | None = None) 
 def test_the_video_grows_segment_by_segment_with_progress_in_the_status(client, e2e_media):
     """A two-segment job: an output holding the first segment comes before the finished result, and the status
     carries the engine's descriptions as a fraction (Gradio shows a percentage), not as a count."""
-    job_id = _extract(client, e2e_media)
+    job_id = _extract_two_segments(client, e2e_media)
     job = client.submit(job_id, "quality", STEPS, 3, 1.0, 1, False, api_name="/animate")
     seen = set()
     while not job.done():
@@ -170,7 +171,7 @@ def test_client_cancel_stops_within_a_step_and_the_same_call_goes_on(served_demo
     stopped job is left to wait for) and does only the second segment.
     """
     studio = served_demo.studio
-    job_id = _extract(client, e2e_media)
+    job_id = _extract_two_segments(client, e2e_media)
     in_step_7, ended, step_reports = threading.Event(), threading.Event(), []
     real_generate_video = studio_module.generate_video
 
