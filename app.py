@@ -21,15 +21,16 @@ import gradio as gr
 
 from wan_animate import validation
 from wan_animate.jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
-from wan_animate.models import DEFAULT_MODEL_ID, get_pipeline
+from wan_animate.models import DEFAULT_MODEL_ID
 from wan_animate.picker import describe_clicks
 from wan_animate.presets import DEFAULT_FAST_LORA, available_presets, get_preset
 from wan_animate.space import PREVIEWS, AppConfig, Studio
 from wan_animate.space.components import Dropdown, PhotoFile, Radio, Slider
+from wan_animate.space.zerogpu import on_zerogpu
 from wan_animate.video import DEFAULT_MAX_SECONDS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-ON_ZEROGPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+ON_ZEROGPU = on_zerogpu()
 INTRO = (
     "# Wan2.2-Animate\nGive it **one photo of a character** and **a driving video**. Press **Extract** to see what the "
     "model will follow (skeleton, face crops, mask) and a quality report before any GPU minutes are spent, then "
@@ -92,6 +93,7 @@ class _Tab:
     oneshot: gr.Button
     stop: gr.Button
     status: gr.Markdown
+    estimate: gr.Markdown
     previews: list[gr.Video]
     report: gr.Markdown
     report_json: gr.JSON
@@ -157,10 +159,10 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
             resolution = Radio(["720p", "480p"], value="720p", label="Resolution")
             fps = Radio([("30 fps", "30"), ("Source rate", "source")], value="30", label="Frame rate")
             presets = available_presets(studio.fast_available)
-            preset = Radio([(p.label, p.name) for p in presets], value="quality", label="Preset",
-                              info=None if studio.fast_available else "Fast needs a few-step LoRA (--fast-lora).")
+            preset = Radio([(p.label, p.name) for p in presets], value=studio.default_preset, label="Preset",
+                           info=None if studio.fast_available else "Fast needs a few-step LoRA (--fast-lora).")
         with gr.Row():
-            steps = Slider.for_field(validation.STEPS, value=20, step=1, label="Steps", elem_id=f"{mode}-steps")
+            steps = Slider.for_field(validation.STEPS, value=get_preset(studio.default_preset, studio.fast_available).steps, step=1, label="Steps", elem_id=f"{mode}-steps")
             seed = gr.Number(value=-1, step=1, label="Seed (-1 = random)", elem_id=f"{mode}-seed")
             guidance = Slider.for_field(validation.GUIDANCE, value=1.0, step=0.5, label="Guidance (1 = off; above 1 doubles the time)")
             overlap = Radio([1, 5], value=1, label="Overlap frames between segments")
@@ -194,6 +196,7 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         oneshot = gr.Button("One click: extract + generate", elem_id=f"{mode}-oneshot", scale=2, min_width=300)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{mode}-stop", min_width=100)
     status = gr.Markdown(elem_id=f"{mode}-status")
+    estimate = gr.Markdown(elem_id=f"{mode}-estimate")
     with gr.Row():
         previews = [
             gr.Video(label=PREVIEW_LABELS[name], elem_id=f"{mode}-{name}", interactive=False, height=320)
@@ -215,7 +218,7 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
         picker=picker, picker_frame=picker_frame, point_label=point_label, points=points, points_line=points_line,
         clear_points=clear_points, resolution=resolution, fps=fps, preset=preset, steps=steps, seed=seed,
         guidance=guidance, overlap=overlap, color_match=color_match, step_cache=step_cache, extract=extract,
-        generate=generate, draft=draft, oneshot=oneshot, stop=stop, status=status, previews=previews, report=report,
+        generate=generate, draft=draft, oneshot=oneshot, stop=stop, status=status, estimate=estimate, previews=previews, report=report,
         report_json=report_json, job_id=job_id, result=result, side_by_side=side_by_side, summary=summary,
         details=details, mode_inputs=mode_inputs, mask_inputs=mask_inputs, relight_inputs=relight_inputs,
     )
@@ -235,7 +238,8 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
         return ""
 
     def no_result() -> tuple:
-        return (None,) * len(tab.results)
+        """The result panes emptied and the status line cleared."""
+        return (*(None,) * len(tab.results), "")
 
     # The previews and the report always show the job the page holds: a new job fills them, no job empties them.
     tab.job_id.change(studio.job_previews, [gr.State(tab.mode), tab.job_id], [*tab.previews, tab.report, tab.report_json], **private)
@@ -274,31 +278,46 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
         )
         .then(studio.picker_frame, picker_inputs, [tab.picker, tab.picker_frame], api_visibility="private")
     )
-    generate_event = tab.generate.click(no_result, None, tab.results, **private).then(
+    # A generation's outputs come after every segment (the video grows); the previous result and Stop's last
+    # words go first, so nothing on the page passes for this job's result before it has one.
+    generate_event = tab.generate.click(no_result, None, [*tab.results, tab.status], **private).then(
         studio.replace if replace else studio.animate, [tab.job_id, *generation], tab.results, api_name=verb, **gpu
     )
 
-    # One click and Draft make their own job: its id comes as soon as it is extracted, the result at the end.
+    # One click and Draft make their own job: its id comes as soon as it is extracted, then the growing result.
     def no_job_nor_result() -> tuple:
         return (*no_result(), no_job())
 
     draft_inputs = [tab.photo, tab.video, *trim, tab.fps, *tab.mode_inputs, tab.points, *tab.mask_inputs]
-    oneshot_event = tab.oneshot.click(no_job_nor_result, None, [*tab.results, tab.job_id], **private).then(
+    oneshot_event = tab.oneshot.click(no_job_nor_result, None, [*tab.results, tab.status, tab.job_id], **private).then(
         studio.replace_oneshot if replace else studio.animate_oneshot, [*extract_inputs, *generation],
         [*tab.results, tab.job_id], api_name=f"{verb}_oneshot", **gpu,
     )
-    draft_event = tab.draft.click(no_job_nor_result, None, [*tab.results, tab.job_id], **private).then(
+    draft_event = tab.draft.click(no_job_nor_result, None, [*tab.results, tab.status, tab.job_id], **private).then(
         studio.replace_draft if replace else studio.animate_draft, [*draft_inputs, *generation],
         [*tab.results, tab.job_id], api_name=f"{verb}_draft", **gpu,
     )
     for event in (generate_event, oneshot_event, draft_event):
         event.then(studio.runtime_markdown, None, runtime, api_visibility="private")
 
-    # Stop sets the running job's event (it stops after its current step) and drops queued ones.
-    def stop(request: gr.Request) -> str:
-        return studio.stop(tab.mode, request)
+    # Stop cancels the running event (the job stops after its current step, keeping its finished segments) and
+    # the queued ones, then says how far the job got (queued: it waits for the job, on its own concurrency).
+    def stop(request: gr.Request):
+        yield from studio.stop(tab.mode, request)
 
-    tab.stop.click(stop, None, tab.status, cancels=[generate_event, oneshot_event, draft_event], **private)
+    tab.stop.click(
+        stop, None, tab.status, cancels=[generate_event, oneshot_event, draft_event], api_visibility="private",
+        concurrency_id=f"stop-{tab.mode}", concurrency_limit=None, show_progress="hidden",
+    )
+
+    # Before a job starts: the GPU time it will take (on ZeroGPU: in how many calls, and whether a quota covers it).
+    gr.on(
+        [tab.job_id.change, tab.video.change, tab.start.submit, tab.end.submit, tab.fps.change, tab.resolution.change,
+         tab.preset.change, tab.steps.release, tab.guidance.release, tab.overlap.change],
+        studio.gpu_estimate,
+        [tab.job_id, tab.video, *trim, tab.fps, tab.resolution, tab.preset, tab.steps, tab.guidance, tab.overlap],
+        tab.estimate, **private,
+    )
 
 
 def build_demo(config: AppConfig) -> gr.Blocks:
@@ -336,6 +355,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     parser.add_argument("--memory-mode", default=env("WAN_ANIMATE_MEMORY_MODE", "auto"), choices=["auto", "none", "model", "group", "sequential"], help="GPU memory mode (env WAN_ANIMATE_MEMORY_MODE).")
     parser.add_argument("--dtype", default=env("WAN_ANIMATE_DTYPE", "auto"), choices=["auto", "bfloat16", "float16", "float32"], help="Compute dtype.")
     parser.add_argument("--fp8", action="store_true", default=env("WAN_ANIMATE_FP8", "") == "1", help="Store transformer weights in fp8 (env WAN_ANIMATE_FP8=1).")
+    parser.add_argument("--aot-blocks", default=env("WAN_ANIMATE_AOT_BLOCKS"), help="Run the transformer's blocks through an ahead-of-time compiled package: a .pt2 file or owner/repo::file.pt2 (wan_animate.aot; env WAN_ANIMATE_AOT_BLOCKS).")
     parser.add_argument("--allow-cpu", action="store_true", default=env("WAN_ANIMATE_ALLOW_CPU", "") == "1", help="Allow running without CUDA (only for tiny test models).")
     parser.add_argument("--fast-lora", default=env("WAN_ANIMATE_FAST_LORA", DEFAULT_FAST_LORA), help=f"Few-step LoRA (hub/repo::file.safetensors or a file) for the fast preset and drafts; 'none' switches the fast preset off (default {DEFAULT_FAST_LORA}; env WAN_ANIMATE_FAST_LORA).")
     parser.add_argument("--relight-lora", default=env("WAN_ANIMATE_RELIGHT_LORA"), help="Local relighting_lora.ckpt (or folder / hub id) instead of the hub file (env WAN_ANIMATE_RELIGHT_LORA).")
@@ -347,14 +367,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     parser.add_argument("--max-job-gb", type=MAX_JOB_GB.parse, default=env("WAN_ANIMATE_MAX_JOB_GB", f"{DEFAULT_MAX_BYTES / 2**30:g}"), metavar="GIB", help=f"Delete the least recently used jobs beyond this size; 0 = no size limit (default {DEFAULT_MAX_BYTES / 2**30:g}; env WAN_ANIMATE_MAX_JOB_GB).")
     parser.add_argument("--clean-every", type=CLEAN_EVERY.parse, default=env("WAN_ANIMATE_CLEAN_MINUTES", f"{DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}"), metavar="MINUTES", help=f"Minutes between cleanings of the jobs folder (default {DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}; env WAN_ANIMATE_CLEAN_MINUTES).")
     parser.add_argument("--keep-results", type=KEEP_RESULTS.parse, default=env("WAN_ANIMATE_KEEP_RESULTS", "1"), metavar="N", help="Results each job keeps; older ones are deleted (default 1; env WAN_ANIMATE_KEEP_RESULTS).")
-    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=ON_ZEROGPU, help="Load the pipeline at start (default: on ZeroGPU only).")
+    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=ON_ZEROGPU, help="Load the pipeline and its LoRAs at start (default: on ZeroGPU only).")
     args = parser.parse_args(argv)
     config = AppConfig(
         model=args.model, detector=args.detector, pose_model=args.pose_model, sam2=args.sam2,
-        memory_mode=args.memory_mode, dtype=args.dtype, fp8=args.fp8, allow_cpu=args.allow_cpu,
+        memory_mode=args.memory_mode, dtype=args.dtype, fp8=args.fp8, aot_blocks=args.aot_blocks or None, allow_cpu=args.allow_cpu,
         fast_lora=None if args.fast_lora.lower() in ("", "none") else args.fast_lora, relight_lora=args.relight_lora, gpu_concurrency=max(1, args.gpu_concurrency),
         preprocess_concurrency=max(1, args.preprocess_concurrency), max_queue=max(1, args.max_queue),
-        work_dir=args.work_dir, preload=args.preload, max_job_age=args.max_job_age * 3600 or None,
+        work_dir=args.work_dir, preload=args.preload, zerogpu=ON_ZEROGPU, max_job_age=args.max_job_age * 3600 or None,
         max_job_bytes=int(args.max_job_gb * 2**30) or None, clean_interval=args.clean_every * 60, keep_results=args.keep_results,
     )
     return config, args
@@ -372,8 +392,9 @@ def main(argv: list[str] | None = None) -> None:
             demo_mode.enter_context(demo_sizes())
         demo = build_demo(config)
         if config.preload:
-            get_pipeline(**config.pipeline_kwargs())
-        # No allowed_paths: the jobs folder is never served; the page gets Gradio's copies of what it shows.
+            demo.studio.preload()
+        # No allowed_paths: the jobs folder is never served; the page gets Gradio's copies of what it shows (the
+        # previews, the result, and the growing video after each segment).
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=True)
 
 

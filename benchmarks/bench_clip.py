@@ -21,12 +21,19 @@ Runs (``--runs``, in order):
 ``call:RES[:vae-bf16]``
     The same clip the old way: one `WanAnimatePipeline.__call__` with PIL lists (what ``generate()`` did
     before the segment loop), then `wan_animate.video.write_video` -- for the comparison, in the same process.
+``chain:RES[:N]``
+    The clip run's clip as a job of calls of N segments each (default 1), as the Space runs a job on ZeroGPU
+    (`wan_animate.space.zerogpu`): `generate_video` again and again on one state folder with ``max_segments=N``
+    until it is complete, each call timed. Against a ``clip:RES`` run before it: what each further call costs
+    (resuming from the checkpoint, re-assembling the mp4, setting the job up; not ZeroGPU's worker start, which
+    only a Space shows), and whether the video is the same (decoded frames, same seed).
 
 Goals (issue 11): 77/300/900 frames within 1 GiB; outside the steps <= 40 s for the 10-s 720p fast clip.
 
     python benchmarks/bench_clip.py --runs memory:720p:77 memory:720p:300 memory:720p:900
     python benchmarks/bench_clip.py --runs clip:720p call:720p
     python benchmarks/bench_clip.py --runs clip:480p call:480p clip:720p:vae-bf16
+    python benchmarks/bench_clip.py --runs clip:720p chain:720p chain:720p:2
 
 ``--budget-s``: generation stops cleanly (resumably, `generate_video`'s ``deadline``) before the budget is
 spent, and a run is not started once it is; JSON goes to ``$OUT`` (or ``--out``) after every run; a table is
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -64,26 +72,31 @@ SMOKE_FRAMES = {77: 3, 300: 13, 900: 37}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: kind (``memory``, ``clip`` or ``call``), resolution, frames, VAE dtype."""
+    """One run: kind (``memory``, ``clip``, ``call`` or ``chain``), resolution, frames, VAE dtype, segments per call."""
 
     kind: str
     resolution: str
     frames: int
     vae_bf16: bool = False
+    segments_per_call: int | None = None
 
     @classmethod
     def parse(cls, text: str, clip_frames: int) -> "RunSpec":
         kind, resolution, *rest = text.split(":")
-        if kind not in ("memory", "clip", "call") or resolution not in fullsize.RESOLUTIONS:
-            raise SystemExit(f"unknown run {text!r}: memory:RES:FRAMES, clip:RES[:vae-bf16] or call:RES[:vae-bf16]")
+        if kind not in ("memory", "clip", "call", "chain") or resolution not in fullsize.RESOLUTIONS:
+            raise SystemExit(f"unknown run {text!r}: memory:RES:FRAMES, clip:RES[:vae-bf16], call:RES[:vae-bf16] or chain:RES[:N]")
         if kind == "memory":
             return cls(kind, resolution, int(rest[0]))
+        if kind == "chain":
+            return cls(kind, resolution, clip_frames, segments_per_call=int(rest[0]) if rest else 1)
         return cls(kind, resolution, clip_frames, vae_bf16="vae-bf16" in rest)
 
     @property
     def name(self) -> str:
         if self.kind == "memory":
             return f"memory:{self.resolution}:{self.frames}"
+        if self.kind == "chain":
+            return f"chain:{self.resolution}:{self.segments_per_call}"
         return f"{self.kind}:{self.resolution}" + (":vae-bf16" if self.vae_bf16 else "")
 
 
@@ -222,10 +235,16 @@ class Bench:
         row["host_rss_before_gib"] = rss_gib("VmRSS")
         reset_peak_rss()
         started = time.perf_counter()
-        result = generate_video(
-            self.pipe, Conditioning.open(folder), self.scratch / f"{spec.name.replace(':', '_')}.mp4", settings,
-            progress=progress, state_dir=state, deadline=deadline,
-        )
+        calls: list[float] = []  # a chain run's calls (one for the others)
+        while True:
+            call_started = time.perf_counter()
+            result = generate_video(
+                self.pipe, Conditioning.open(folder), self.scratch / f"{spec.name.replace(':', '_')}.mp4", settings,
+                progress=progress, state_dir=state, deadline=deadline, max_segments=spec.segments_per_call,
+            )
+            calls.append(round(time.perf_counter() - call_started, 2))
+            if result.complete or time.monotonic() > deadline or spec.kind != "chain":
+                break
         ended = time.perf_counter()
         times = torch.load(state / "checkpoint.pt", weights_only=True)["times"]
         row = self._finish(row, ended - started)
@@ -240,6 +259,11 @@ class Bench:
             video_bytes=result.video_path.stat().st_size if result.video_path else 0,
         )
         row["other_s"] = round(row["outside_steps_s"] - row["vae_encode_s"] - row["vae_decode_s"] - row["write_tail_s"], 2)
+        if spec.kind == "chain":
+            row["calls_s"] = calls
+            clip = self.scratch / f"clip_{spec.resolution}.mp4"  # a clip run's video of the same clip and seed
+            if result.complete and clip.is_file():
+                row["same_video_as_clip"] = same_frames(clip, result.video_path)
         return row
 
     def run_call(self, spec: RunSpec) -> dict:
@@ -267,6 +291,14 @@ class Bench:
         row.update(ok=True, complete=True, frames_written=len(frames), write_tail_s=round(ended - generated, 2), video_bytes=path.stat().st_size)
         row["other_s"] = round(row["outside_steps_s"] - row["vae_encode_s"] - row["vae_decode_s"] - row["write_tail_s"], 2)
         return row
+
+
+def same_frames(first: Path, second: Path) -> bool:
+    """Whether two videos decode to the same frames."""
+    from wan_animate.video import iter_video
+
+    a, b = (iter_video(path, fps=None, max_seconds=None) for path in (first, second))
+    return all(x is not None and y is not None and np.array_equal(x, y) for x, y in itertools.zip_longest(a, b))
 
 
 def pipeline_call(pipe, conditioning, settings) -> np.ndarray:
@@ -333,6 +365,13 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         if row["run"].startswith("clip:720p") and row.get("ok"):
             print(f"{row['run']}: outside the steps {row['outside_steps_s']} s (goal <= 40 s; before the loop: 84 s)")
+    clips = {row["run"].split(":")[1]: row for row in rows if row["run"].startswith("clip:") and row.get("complete")}
+    for row in rows:
+        clip = clips.get(row["run"].split(":")[1])
+        if row["run"].startswith("chain:") and row.get("complete") and clip is not None and len(row["calls_s"]) > 1:
+            extra = (row["wall_s"] - clip["wall_s"]) / (len(row["calls_s"]) - 1)
+            print(f"{row['run']}: {len(row['calls_s'])} calls {row['calls_s']} s; {extra:.1f} s more per further call than "
+                  f"one call ({clip['wall_s']} s); same video: {row.get('same_video_as_clip')}")
 
 
 def shrink_for_smoke() -> None:

@@ -6,17 +6,18 @@ mp4 files are decoded with PyAV: frame counts, sizes and sound are checked.
 
 from __future__ import annotations
 
+import threading
+import time
+import types
 from pathlib import Path
 
-import types
-
-import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests.e2e_fixtures import DRIVING_FRAMES
 from tests.media import audio_duration, video_facts
+from wan_animate.space import studio as studio_module
 
 pytest_plugins = ["tests.e2e_fixtures"]  # the served app, tiny models and media fixtures
 
@@ -127,25 +128,82 @@ def test_generate_without_extraction_says_what_to_do(client):
         client.predict("", "quality", STEPS, -1, 1.0, 1, False, api_name="/animate")
 
 
-def test_stop_cancels_between_steps_and_the_next_job_runs(served_demo, client, e2e_media):
-    """Stop (the page's button calls `Studio.stop`) sets the running job's event; generation stops at the next
-    step. Here the progress callback presses Stop as soon as the first step is reported."""
-    studio = served_demo.studio
+def _extract_two_segments(client, e2e_media) -> str:
+    """The job id of an Animation extraction of the 80-frame clip (two segments)."""
     *_, job_id = client.predict(
-        handle_file(str(e2e_media["photo"])), _video(e2e_media["short_video"]), 0.0, 0.3, "480p", "30", False, "",
+        handle_file(str(e2e_media["photo"])), _video(e2e_media["video"]), 0.0, None, "480p", "30", False, "",
         api_name="/extract_animation",
     )
-    request = types.SimpleNamespace(session_hash=client.session_hash)  # the job is the client's session's
-    reports = []
+    return job_id
 
-    def press_stop_on_first_step(value, desc=None, **_):
-        reports.append(desc)
-        if desc.startswith("Segment"):
-            assert studio.stop("animate", request) == "Stopping after the current step…"
 
-    with pytest.raises(gr.Error, match="stopped"):
-        studio.animate(job_id, "quality", 5, 1, 1.0, 1, False, request=request, progress=press_stop_on_first_step)
-    assert sum(desc.startswith("Segment") for desc in reports) == 1  # no step after the one that pressed Stop
-    assert studio.stop("animate", request) == "Nothing is being generated."
-    video, *_ = studio.animate(job_id, "quality", 1, 1, 1.0, 1, False, request=request, progress=lambda *a, **k: None)
-    assert video_facts(Path(video))["frames"] == 9
+def test_the_video_grows_segment_by_segment_with_progress_in_the_status(client, e2e_media):
+    """A two-segment job: an output holding the first segment comes before the finished result, and the status
+    carries the engine's descriptions as a fraction (Gradio shows a percentage), not as a count."""
+    job_id = _extract_two_segments(client, e2e_media)
+    job = client.submit(job_id, "quality", STEPS, 3, 1.0, 1, False, api_name="/animate")
+    seen = set()
+    while not job.done():
+        for unit in job.status().progress_data or ():
+            seen.add((unit.desc, unit.index, unit.progress))
+        time.sleep(0.005)  # sampling the status (not a timed assertion); the app serves from this process
+    final = job.result()
+    *partials, last = job.outputs()
+    assert last == final and final[3]["complete"] and video_facts(_path(final[0]))["frames"] == DRIVING_FRAMES
+    growing = [outputs for outputs in partials if not outputs[3]["complete"]]
+    assert growing, partials  # the result pane had the video before the job ended
+    video, side, summary, details = growing[0]
+    assert side is None and "Segment 1 of 2 done" in summary and details["segments_done"] == 1
+    assert video_facts(_path(video))["frames"] == 77  # the first segment, playable while the second runs
+    engine = [(desc, index, fraction) for desc, index, fraction in seen if desc and desc.startswith("Segment")]
+    assert engine and all(index is None and 0 <= fraction <= 1 for _, index, fraction in engine), seen  # not "k/1000"
+    assert any(desc.endswith(" left") for desc, _, _ in engine), seen  # the time left, once a step was measured
+
+
+def test_client_cancel_stops_within_a_step_and_the_same_call_goes_on(served_demo, client, e2e_media, monkeypatch):
+    """``job.cancel()`` from `gradio_client` reaches the running job's cancel event, and the job stops at its
+    next check, after the step it is in; the finished segment is kept, and the same call goes on from it.
+
+    "Within a step" is measured by counting, not timing: the engine is held inside its report of step 7 (step 2
+    of the second segment) until the client's cancel has reached the event it checks right after that report (so
+    the cancel lands during a step, as it would when it comes at any moment); it then runs no further step: 7 step
+    reports in all, and the job says "Stopped after step 7 of 10". The next call runs at once (no step of the
+    stopped job is left to wait for) and does only the second segment.
+    """
+    studio = served_demo.studio
+    job_id = _extract_two_segments(client, e2e_media)
+    in_step_7, ended, step_reports = threading.Event(), threading.Event(), []
+    real_generate_video = studio_module.generate_video
+
+    def held_at_step_7(*args, progress, cancel, **kwargs):
+        def report(done, total, description):
+            progress(done, total, description)
+            if " · step " in description:
+                step_reports.append(description)
+                if len(step_reports) == 7:
+                    in_step_7.set()
+                    assert cancel.wait(60), "the client's cancel did not reach the job"
+
+        try:
+            return real_generate_video(*args, progress=report, cancel=cancel, **kwargs)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(studio_module, "generate_video", held_at_step_7)
+    values = (job_id, "quality", 5, 3, 1.0, 1, False)
+    job = client.submit(*values, api_name="/animate")
+    assert in_step_7.wait(120)
+    assert job.cancel()
+    assert ended.wait(60)  # the engine stopped (no Stop button involved: only the client's cancel)
+    assert len(step_reports) == 7  # no step ran after the cancel
+    session = types.SimpleNamespace(session_hash=client.session_hash)
+    stopped = list(studio.stop("animate", session))[-1]  # how it ended, as the page's Stop says it
+    assert stopped.startswith("Stopped after step 7 of 10. The video holds the finished segment (77 of 80 frames)")
+
+    step_reports.clear()
+    on = client.submit(*values, api_name="/animate")
+    video, side, summary, details = on.result()
+    kept, _, continuing, _ = on.outputs()[0]  # first, the kept segment
+    assert "Continuing from segment 2 of 2." in continuing and video_facts(_path(kept))["frames"] == 77
+    assert details["complete"] and video_facts(_path(video))["frames"] == DRIVING_FRAMES
+    assert len(step_reports) == 5  # the second segment only

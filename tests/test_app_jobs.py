@@ -8,6 +8,7 @@ queue's state is known when each client arrives.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import threading
@@ -91,16 +92,18 @@ def test_refuse_a_job_of_the_other_mode(served_app, e2e_media, tmp_path):
 
 
 def test_only_previews_and_results_are_served_never_inputs_or_the_job_record(served_demo, served_app, e2e_media, tmp_path):
-    """The page gets Gradio's copies of previews and results; the jobs folder (uploads, job.json) is not served,
-    however its URL is made."""
+    """The page gets Gradio's copies of previews, results and the growing video of a running generation; the jobs
+    folder (uploads, job.json) is not served, however its URL is made."""
     client = _client(served_app, False)  # outputs as the URLs the page gets
     skeleton, *_, job_id = client.predict(
         handle_file(str(e2e_media["photo"])), handle_file(str(e2e_media["short_video"])), resolution="480p",
         api_name="/extract_animation",
     )
-    result, side, *_ = client.predict(job_id, "quality", 1, 1, api_name="/animate")
+    generation = client.submit(job_id, "quality", 1, 1, api_name="/animate")
+    result, side, *_ = generation.result(timeout=120)
+    (growing, *_), *_ = generation.outputs()  # after the segment, before the result: the job's growing video
     job = open_job(served_demo.studio.work_root, job_id)
-    for output in (skeleton, result, side):
+    for output in (skeleton, growing, result, side):
         url = output["url"]
         assert job_id not in url and str(served_demo.studio.work_root) not in url
         assert httpx.get(url, timeout=30).status_code == 200
@@ -182,7 +185,7 @@ def test_cleanup_keeps_the_jobs_folder_bounded_over_30_jobs(tiny_models, tmp_pat
                 made.append(job_id)
                 if index % 10 == 0:
                     for seed in (1, 2):
-                        studio.animate(job_id, "quality", 1, seed, request=tab, progress=quiet)
+                        asyncio.run(_run_to_end(studio.animate(job_id, "quality", 1, seed, request=tab, progress=quiet)))
                     assert len(_results(studio.work_root / job_id)) == 2  # the second result and its side-by-side
             newest = max(studio.work_root.iterdir(), key=lambda folder: folder.stat().st_mtime_ns)
             sizes.append(folder_bytes(studio.work_root))
@@ -193,6 +196,13 @@ def test_cleanup_keeps_the_jobs_folder_bounded_over_30_jobs(tiny_models, tmp_pat
     for job_id in left:
         assert len(_results(studio.work_root / job_id)) in (0, 2)  # one result and its side-by-side, or none
         assert (studio.work_root / job_id / "job.json").is_file()
+
+
+async def _run_to_end(outputs) -> tuple:
+    """The last outputs of a generation endpoint (an async generator) called directly."""
+    async for last in outputs:
+        pass
+    return last
 
 
 def _results(folder: Path) -> list[Path]:

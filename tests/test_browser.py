@@ -180,7 +180,7 @@ def _run_one_shot(page, mode: str, button: str) -> str:
     _wait_for_no_video(page, f"#{mode}-result")
     job = _wait_for_extraction(page, mode, previous_job)
     _assert_previews_play(page, mode)
-    _wait_for_video(page, f"#{mode}-result")
+    _wait_for_video(page, f"#{mode}-side")  # the side-by-side comes with the finished result (the video grows before)
     _assert_plays(page, f"#{mode}-result")
     _assert_plays(page, f"#{mode}-side")
     assert _job(page, mode) == job  # the result belongs to the job whose previews are shown
@@ -208,7 +208,6 @@ def test_animation_extract_preview_generate(page, e2e_media):
     _set_slider(page, "animate-steps", 2)
     _progress_seen(page)
     page.locator("#animate-generate").click()
-    _wait_for_video(page, "#animate-result")
     _wait_for_video(page, "#animate-side")
     state = _assert_plays(page, "#animate-result")
     assert state["duration"] == pytest.approx(20 / 30, abs=0.1)
@@ -238,7 +237,7 @@ def test_animation_draft_shows_previews_and_result(page):
     page.locator("#animate-extract").click()  # an extraction and a result to replace
     _wait_for_extraction(page, "animate")
     page.locator("#animate-generate").click()
-    _wait_for_video(page, "#animate-result")
+    _wait_for_video(page, "#animate-side")
     _run_one_shot(page, "animate", "draft")
     page.screenshot(path=str(ARTIFACTS / "04_animation_draft.png"), full_page=True)
 
@@ -246,6 +245,58 @@ def test_animation_draft_shows_previews_and_result(page):
 def test_animation_one_click_shows_previews_and_result(page):
     _run_one_shot(page, "animate", "oneshot")
     page.screenshot(path=str(ARTIFACTS / "05_animation_one_click.png"), full_page=True)
+
+
+RECORD_RESULTS = """(mode) => {
+    // Every (summary, result video, side-by-side video) the result panes show from now on.
+    window.resultsSeen = [];
+    const src = (id) => { const video = document.querySelector(`#${mode}-${id} video`); return video ? video.src : null; };
+    const seen = () => {
+        const state = [document.querySelector(`#${mode}-summary`).innerText.trim(), src('result'), src('side')];
+        const last = window.resultsSeen[window.resultsSeen.length - 1];
+        if (!last || last.some((value, i) => value !== state[i])) window.resultsSeen.push(state);
+    };
+    new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_animation_video_grows_then_stop_keeps_only_this_jobs_segments(page, e2e_media):
+    """A two-segment job: the result pane plays the first segment while the second is generated, under step
+    labels; then a longer job is stopped: the status says after which step, and the pane shows nothing of the
+    previous result (at most this job's finished segment)."""
+    page.locator("#animate-video button[aria-label='Clear']").click()  # the 80-frame clip instead of the short one
+    page.locator("#animate-video input[type=file]").set_input_files(str(e2e_media["video"]))
+    page.locator("#animate-video video").wait_for(timeout=30_000)
+    previous_job = _job(page, "animate")
+    page.locator("#animate-extract").click()
+    _wait_for_extraction(page, "animate", previous_job)
+    _progress_seen(page)
+    page.locator("#animate-generate").click()
+    _wait_for_no_video(page, "#animate-result")  # the previous result goes first
+    page.evaluate(RECORD_RESULTS, "animate")
+    _wait_for_video(page, "#animate-side")  # the finished job's side-by-side comes last
+    results = page.evaluate("() => window.resultsSeen")
+    growing = [summary for summary, result, side in results if result and not side]
+    assert any("Segment 1 of 2 done" in summary for summary in growing), "\n".join(map(str, results))  # filled before the job ended
+    assert "Seed" in results[-1][0] and results[-1][1] and results[-1][2]
+    seen = _progress_seen(page)
+    for label in ("Segment 1/2 · step ", "Segment 2/2 · ", "Writing the side-by-side video"):
+        assert any(text.startswith(label) for text in seen), (label, seen)
+    assert any(" left - " in text for text in seen), seen  # the time left, with the bar's percentage
+    page.screenshot(path=str(ARTIFACTS / "05b_animation_grown.png"), full_page=True)
+
+    _set_slider(page, "animate-steps", 30)
+    page.locator("#animate-generate").click()
+    _wait_for_no_video(page, "#animate-result")
+    page.evaluate(RECORD_RESULTS, "animate")
+    page.wait_for_function("() => window.progressSeen.some(text => text.includes(' · step '))", timeout=LONG)
+    page.locator("#animate-stop").click()
+    page.locator("#animate-status").get_by_text(re.compile(r"Stopped after step \d+ of 60")).wait_for(timeout=LONG)
+    results = page.evaluate("() => window.resultsSeen")
+    assert all(not side and "Seed" not in summary for summary, _, side in results), results  # no earlier result
+    assert all("Segment 1 of 2 done" in summary for summary, result, _ in results if result), results
+    page.screenshot(path=str(ARTIFACTS / "05c_animation_stopped.png"), full_page=True)
+    _set_slider(page, "animate-steps", 2)
 
 
 # -- Replacement ----------------------------------------------------------------------------------------
@@ -301,7 +352,7 @@ def test_replacement_click_changes_the_mask(page, served_demo, e2e_media):
 
     _set_slider(page, "replace-steps", 2)
     page.locator("#replace-generate").click()
-    _wait_for_video(page, "#replace-result")
+    _wait_for_video(page, "#replace-side")
     _assert_plays(page, "#replace-result")
     _assert_plays(page, "#replace-side")
     page.screenshot(path=str(ARTIFACTS / "08_replacement_result.png"), full_page=True)

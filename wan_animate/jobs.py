@@ -36,6 +36,7 @@ from .video import iter_video, probe_video, write_side_by_side
 logger = logging.getLogger("wan_animate")
 
 RECORD_FILE = "job.json"
+GENERATIONS_DIR = "generations"
 JOB_ID_PATTERN = re.compile(r"^(animate|replace)-[0-9a-f]{32}$")
 RESULT_PATTERN = re.compile(r"^(result|side_by_side)_([0-9a-f]{12})\.mp4$")
 
@@ -124,6 +125,11 @@ class Job:
     def output(self, name: str) -> Path:
         """Path of a result file in the job folder."""
         return self.folder / name
+
+    def generation_dir(self, key: str) -> Path:
+        """The state folder of one generation of this job (`generate_video`'s ``state_dir``: the checkpoint and
+        each finished segment), one per ``key`` naming its settings: a stopped generation goes on from there."""
+        return self.folder / GENERATIONS_DIR / key
 
     @contextmanager
     def new_result(self, keep: int = 1) -> Iterator[JobResult]:

@@ -336,14 +336,22 @@ def estimate_generation_seconds(
     Raises:
         WanAnimateError: Unknown resolution.
     """
+    segments = estimate_steps(num_frames, settings) // settings.num_inference_steps
+    return segments * estimate_seconds_per_segment(resolution, settings) + (MODEL_LOAD_SECONDS if include_load else 0.0)
+
+
+def estimate_seconds_per_segment(resolution: str, settings: GenerationSettings) -> float:
+    """GPU seconds of one segment (its steps, VAE work and writing) from `STEP_TIMES`.
+
+    Raises:
+        WanAnimateError: Unknown resolution.
+    """
     if resolution not in STEP_TIMES:
         raise WanAnimateError(f"Unknown resolution {resolution!r}: use 720p or 480p.")
     times = STEP_TIMES[resolution]
-    steps = estimate_steps(num_frames, settings)
-    segments = steps // settings.num_inference_steps
     # Above 1, classifier-free guidance runs the transformer twice per step.
     step_seconds = times.per_step * (2.0 if settings.guidance_scale > 1 else 1.0)
-    return steps * step_seconds + segments * times.per_segment + (MODEL_LOAD_SECONDS if include_load else 0.0)
+    return settings.num_inference_steps * step_seconds + times.per_segment
 
 
 def estimate_preprocess_seconds(num_frames: int, mode: str) -> float:
@@ -358,9 +366,13 @@ def estimate_frames(duration: float, source_fps: float, fps: float | None, start
     return max(1, math.floor(seconds * (fps or source_fps) + 1e-9))
 
 
+GPU_HEADROOM = 1.2
+"""A ZeroGPU call asks for its estimate times this: one that runs past its duration is aborted."""
+
+
 def gpu_duration(seconds: float, *, minimum: int = 60) -> int:
-    """A ZeroGPU ``duration`` (whole seconds) for an estimate: 20 % headroom, at least ``minimum``."""
-    return max(minimum, math.ceil(seconds * 1.2))
+    """A ZeroGPU ``duration`` (whole seconds) for an estimate: `GPU_HEADROOM`, at least ``minimum``."""
+    return max(minimum, math.ceil(seconds * GPU_HEADROOM))
 
 
 __all__ = [
@@ -370,6 +382,7 @@ __all__ = [
     "FAST_LORA_FILE",
     "FAST_LORA_REPO",
     "FAST_LORA_WEIGHT",
+    "GPU_HEADROOM",
     "LIGHTX2V_SCHEDULE",
     "PRESETS",
     "STEP_TIMES",
@@ -385,6 +398,7 @@ __all__ = [
     "estimate_frames",
     "estimate_generation_seconds",
     "estimate_preprocess_seconds",
+    "estimate_seconds_per_segment",
     "format_minutes",
     "get_preset",
     "gpu_duration",

@@ -25,6 +25,9 @@ class AppConfig:
         memory_mode: ``auto``, ``none``, ``model``, ``group`` or ``sequential``.
         dtype: Compute dtype (``auto`` picks bf16 where supported).
         fp8: Store transformer weights in fp8.
+        aot_blocks: An ahead-of-time compiled package of the transformer's blocks (a ``.pt2`` file or
+            ``owner/repo::file.pt2``, `wan_animate.aot`), loaded with the pipeline; ``None`` keeps
+            `load_pipeline`'s own choice (``compile_blocks="auto"``).
         allow_cpu: Allow running without CUDA (tiny test models).
         fast_lora: Few-step LoRA (``hub/repo::file`` or a file) that enables the fast preset and drafts.
         relight_lora: Relighting LoRA (file, folder or hub id); ``None`` = the official file from the hub.
@@ -39,6 +42,8 @@ class AppConfig:
         keep_results: Results (with their side-by-side videos) a job keeps; older ones are deleted.
         preload: Load the pipeline at start (ZeroGPU wants models loaded before the first GPU call).
         demo: The models are `wan_animate.demo`'s tiny random ones: the page says that the output is noise.
+        zerogpu: Running on ZeroGPU: each generation runs as GPU calls of at most 300 s
+            (`wan_animate.space.zerogpu`), and the page defaults to the fast preset.
     """
 
     model: str = DEFAULT_MODEL_ID
@@ -48,6 +53,7 @@ class AppConfig:
     memory_mode: str = "auto"
     dtype: str = "auto"
     fp8: bool = False
+    aot_blocks: str | None = None
     allow_cpu: bool = False
     fast_lora: str | None = None
     relight_lora: str | None = None
@@ -61,10 +67,11 @@ class AppConfig:
     keep_results: int = 1
     preload: bool = False
     demo: bool = False
+    zerogpu: bool = False
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Arguments of `wan_animate.models.get_pipeline` (the one cached pipeline)."""
-        return dict(
+        kwargs: dict[str, Any] = dict(
             source=self.model,
             dtype=self.dtype,
             memory_mode=self.memory_mode,
@@ -72,6 +79,9 @@ class AppConfig:
             keep_bf16_copy=False,
             allow_cpu=self.allow_cpu,
         )
+        if self.aot_blocks:
+            kwargs["compile_blocks"] = f"aot:{self.aot_blocks}"
+        return kwargs
 
     def with_tiny_models(self, models: TinyModels) -> AppConfig:
         """This configuration running the tiny random models on the CPU in fp32 (demo mode and the tests)."""
@@ -87,6 +97,7 @@ class AppConfig:
             memory_mode="none",
             dtype="float32",
             fp8=False,
+            aot_blocks=None,
             preload=False,
             demo=True,
         )

@@ -1,9 +1,10 @@
-"""ZeroGPU durations: the GPU seconds each action asks `spaces.GPU` for, estimated from the call's own arguments.
+"""GPU seconds: what each GPU call asks `spaces.GPU` for, and what the page says a generation will take.
 
 On ZeroGPU a decorated function asks for a time slot before it runs; asking for too little ends the job, too
-much spends the visitor's quota and queue position. Each estimate reads what the call will do (frames after
-trimming, resolution, the preset's steps) from its arguments, before any work starts; the per-frame and per-step
-figures are the measured ones in `wan_animate.presets`.
+much spends the visitor's quota and queue position, and more than `zerogpu.MAX_CALL_SECONDS` is refused. An
+extraction's estimate reads what the call will do (frames after trimming, the mode) from its arguments, before
+any work starts; a generation's calls are planned from the seconds of a segment (`zerogpu.plan_calls`), measured
+by the job's earlier calls when it has some, else the figures of `wan_animate.presets`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,22 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..generate import GenerationSettings
-from ..jobs import open_job
+from ..checkpoint import Checkpoint
+from ..generate import GenerationSettings, SegmentTimes, estimate_segment_seconds, estimate_steps
 from ..presets import (
-    DRAFT_RESOLUTION,
-    draft_settings,
     draft_span,
     estimate_frames,
     estimate_generation_seconds,
     estimate_preprocess_seconds,
+    estimate_seconds_per_segment,
+    format_minutes,
     gpu_duration,
 )
 from ..video import probe_video
-from .inputs import frame_rate, generation_settings, optional_end
+from .inputs import frame_rate, optional_end
+from .zerogpu import MAX_CALL_SECONDS, plan_calls, quota_warning
 
 logger = logging.getLogger("wan_animate.app")
 
@@ -36,71 +37,65 @@ DEFAULT_SECONDS = 60
 
 def duration_of(action: Callable, estimate: Callable[[dict[str, Any]], float]) -> Callable[..., int]:
     """The ``duration`` callable of ``spaces.GPU`` for ``action``: called with the action's arguments, it returns
-    `gpu_duration` of ``estimate`` (given the arguments by name, defaults filled in)."""
+    `gpu_duration` of ``estimate`` (given the arguments by name, defaults filled in), at most `MAX_CALL_SECONDS`
+    (ZeroGPU refuses longer calls before they start; one that runs past its duration is aborted)."""
     signature = inspect.signature(action)
 
     def duration(*args, **kwargs) -> int:
         try:
             bound = signature.bind_partial(*args, **kwargs)
             bound.apply_defaults()
-            return gpu_duration(estimate(dict(bound.arguments)))
+            seconds = gpu_duration(estimate(dict(bound.arguments)))
         except Exception:  # a bad input fails inside the action with its own message
             logger.exception("Could not estimate the GPU time; asking for %d s", DEFAULT_SECONDS)
             return DEFAULT_SECONDS
+        if seconds > MAX_CALL_SECONDS:
+            logger.warning("Estimated %d s for %s; asking ZeroGPU for its longest call, %d s", seconds, action.__name__, MAX_CALL_SECONDS)
+        return min(seconds, MAX_CALL_SECONDS)
 
     return duration
 
 
-class GpuTime:
-    """Estimates of the actions' GPU seconds, by kind of action (the argument names are the endpoints').
+def extract_seconds(arguments: dict[str, Any]) -> float:
+    """An extraction (the endpoints' argument names): preprocessing of the trimmed clip's frames (a draft's: of
+    its first segment's span)."""
+    info = probe_video(arguments["video"])
+    fps = frame_rate(arguments.get("fps", "30"))
+    start, end = float(arguments.get("start") or 0.0), optional_end(arguments.get("end"))
+    if arguments.get("draft"):
+        start, end = draft_span(start, end, fps or info.fps)
+    frames = estimate_frames(info.duration, info.fps, fps, start, end)
+    return estimate_preprocess_seconds(frames, arguments.get("mode") or _mode(arguments))
 
-    Args:
-        work_root: The app's job folder root (a generation reads its job's frame count and resolution).
-        fast_available: Whether the app has a few-step LoRA (the fast preset and drafts use it).
+
+def segment_seconds(resolution: str, settings: GenerationSettings, checkpoint: Checkpoint | None = None) -> float:
+    """GPU seconds of one segment of a job: the median of its segments measured so far (``checkpoint``, from its
+    earlier calls), else from `presets.STEP_TIMES`."""
+    if checkpoint is not None and checkpoint.times:
+        measured = estimate_segment_seconds([SegmentTimes(**times) for times in checkpoint.times], settings.num_inference_steps)
+        if measured is not None:
+            return measured
+    return estimate_seconds_per_segment(resolution, settings)
+
+
+def describe_generation(frames: int, resolution: str, settings: GenerationSettings, *, zerogpu: bool) -> str:
+    """What the page says before a generation starts: its GPU time, on ZeroGPU in how many calls, and whether a
+    visitor's daily quota can plausibly cover it.
+
+    Raises:
+        WanAnimateError: On ZeroGPU, one segment does not fit in a call.
     """
-
-    def __init__(self, work_root: Path, fast_available: bool) -> None:
-        self.work_root = work_root
-        self.fast_available = fast_available
-
-    def extract(self, arguments: dict[str, Any]) -> float:
-        """An extraction: preprocessing of the trimmed clip's frames."""
-        return estimate_preprocess_seconds(self._frames(arguments), _mode(arguments))
-
-    def generate(self, arguments: dict[str, Any]) -> float:
-        """A generation from an extracted job."""
-        job = open_job(self.work_root, arguments["job_id"])
-        return estimate_generation_seconds(job.record.num_frames or 1, job.record.resolution, self._settings(arguments))
-
-    def oneshot(self, arguments: dict[str, Any]) -> float:
-        """Extraction then generation, in one call."""
-        frames = self._frames(arguments)
-        generation = estimate_generation_seconds(frames, arguments["resolution"], self._settings(arguments))
-        return estimate_preprocess_seconds(frames, _mode(arguments)) + generation
-
-    def draft(self, arguments: dict[str, Any]) -> float:
-        """A draft: the first segment's span extracted and generated at 480p, with the fast preset if there is one."""
-        frames = self._frames(arguments, draft=True)
-        settings = draft_settings(self._settings(arguments), self.fast_available)
-        generation = estimate_generation_seconds(frames, DRAFT_RESOLUTION, settings)
-        return estimate_preprocess_seconds(frames, _mode(arguments)) + generation
-
-    def _frames(self, arguments: dict[str, Any], draft: bool = False) -> int:
-        info = probe_video(arguments["video"])
-        fps = frame_rate(arguments.get("fps", "30"))
-        start, end = float(arguments.get("start") or 0.0), optional_end(arguments.get("end"))
-        if draft:
-            start, end = draft_span(start, end, fps or info.fps)
-        return estimate_frames(info.duration, info.fps, fps, start, end)
-
-    def _settings(self, arguments: dict[str, Any]) -> GenerationSettings:
-        """The settings the call will run with (the preset sets the steps)."""
-        return generation_settings(
-            arguments["preset"], arguments["steps"], arguments["seed"], arguments["guidance"], arguments["overlap"],
-            arguments["color_match"], fast_available=self.fast_available,
-        )
+    segments = estimate_steps(frames, settings) // settings.num_inference_steps
+    job = f"{frames} frames at {resolution}, {segments} segment{'s' if segments != 1 else ''} of {settings.num_inference_steps} steps"
+    if not zerogpu:
+        seconds = estimate_generation_seconds(frames, resolution, settings, include_load=False)
+        return f"**Generation:** {format_minutes(seconds)} of GPU time ({job}; H200 figures)."
+    plan = plan_calls(segments, estimate_seconds_per_segment(resolution, settings))
+    line = f"**Generation on ZeroGPU:** {plan.describe()} of at most {MAX_CALL_SECONDS} s ({job})."
+    warning = quota_warning(plan.seconds)
+    return f"{line}\n\n⚠️ {warning}" if warning else line
 
 
 def _mode(arguments: dict[str, Any]) -> str:
-    """Only Animation's extraction has ``retarget``; only Replacement's has the mask settings."""
+    """Only Animation's extraction endpoint has ``retarget``; only Replacement's has the mask settings."""
     return "animate" if "retarget" in arguments else "replace"

@@ -4,24 +4,41 @@
 through the package. The endpoints' signatures and docstrings are what Gradio reads for the API page,
 ``Client.view_api()`` and the MCP tool descriptions, so they are written for a client.
 
-An action returns (or, for one-call and draft runs, yields) the values of its outputs in the order the endpoint's
-docstring gives. One-call and draft runs are generators: they yield the job id as soon as the extraction is
-done (the page shows its previews while generation runs), then the result.
+An extraction returns its outputs in the order its docstring gives. A generation is an async generator: it yields
+the result pane's outputs after every finished segment (the video grows as the job goes on; the details say
+``"complete": false`` until the last value, the finished result), and one-call and draft runs yield the job id
+first, as soon as the extraction is done. The blocking job runs on a worker thread (`streaming`), so cancelling
+the event (Stop on the page, ``job.cancel()`` from `gradio_client`) reaches it at once: the job stops after its
+current step and keeps its finished segments; Generate with the same settings goes on from there.
 
-On ZeroGPU each GPU action is wrapped in ``spaces.GPU`` with a duration estimated from its arguments
-(`wan_animate.space.gpu_time`); there `spaces` must be imported before torch, which ``app.py`` does first.
+The GPU work runs in `spaces.GPU` calls: an extraction in one, a generation in one off ZeroGPU and on ZeroGPU in
+as many calls of at most 300 s as it needs (`zerogpu`), each asking for the duration estimated from its
+arguments (`gpu_time`). There `spaces` must be imported before torch, which ``app.py`` does first, and a call runs
+in a worker process whose memory is lost: who owns a job is in its ``job.json`` (the session crosses into the
+extraction's call as a plain argument), and the jobs folder is cleaned in the app's process, which marks a job in
+use (`JobStore.use`) through all the calls of its generation. A job being extracted in a worker is not marked in
+use there; as the newest job it is the last one the size limit would remove.
+
+Jobs belong to the session (browser tab or API client) that extracted them (`JobRecord.owner`): every action that
+takes a job id opens it through `Studio._open_job`, which refuses another session's job. The jobs folder is
+never served: the page gets Gradio's copies of the previews, the results and the growing video.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import inspect
 import logging
+import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +48,9 @@ import spaces
 
 from ..conditioning import Conditioning
 from ..errors import GenerationCancelled, WanAnimateError
-from ..generate import GenerationResult, GenerationSettings, generate_video
-from ..jobs import Cleaner, Job, JobResult, JobStore
+from ..generate import GenerationResult, GenerationSettings, SegmentUpdate, generate_video, load_checkpoint
+from ..jobs import Cleaner, Job, JobStore
+from ..lora import RELIGHT_REPO
 from ..models import describe_runtime, get_pipeline
 from ..picker import (
     click_at,
@@ -56,11 +74,25 @@ from ..presets import (
     estimate_generation_seconds,
     format_minutes,
 )
+from ..segments import SegmentPlan
 from ..validation import BLOCKIFY, MASK_ITERATIONS, MASK_KERNEL
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
-from .gpu_time import GpuTime, duration_of
+from . import gpu_time
 from .inputs import flag, frame_rate, generation_settings, optional_end, output_resolution, start_time
+from .streaming import stream_async, stream_thread
+from .zerogpu import (
+    LOCAL_CALL,
+    MAX_CALL_SECONDS,
+    STOP_FILE,
+    GpuCall,
+    is_platform_refusal,
+    plan_calls,
+    refusal_message,
+    stop_file_event,
+)
+
+logger = logging.getLogger("wan_animate.app")
 
 PREVIEWS = {"animate": ("skeleton", "faces"), "replace": ("skeleton", "faces", "mask", "background")}
 """The preview panes of each mode, in the order the extraction endpoints return them."""
@@ -70,14 +102,12 @@ NO_RESULT = (None, None, "", None)
 
 MODE_TITLES = {"animate": "Animation", "replace": "Replacement"}
 
-logger = logging.getLogger("wan_animate.app")
-
 
 def user_errors(fn: Callable) -> Callable:
     """Show a user-fixable error (`WanAnimateError`) or a stop as a message on the page, not a stack trace.
 
-    Works on plain functions and on generator functions (which stay generator functions, as Gradio and
-    ``spaces.GPU`` tell them apart by that).
+    Works on plain functions and on (async) generator functions, which stay what they are: Gradio and
+    ``spaces.GPU`` tell them apart by that.
     """
 
     @contextmanager
@@ -87,7 +117,17 @@ def user_errors(fn: Callable) -> Callable:
         except WanAnimateError as error:
             raise gr.Error(str(error), print_exception=False) from error
         except GenerationCancelled as error:
-            raise gr.Error("Generation was stopped.", title="Stopped", print_exception=False) from error
+            raise gr.Error(str(error) or "Generation was stopped.", title="Stopped", print_exception=False) from error
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def async_generator(*args, **kwargs):
+            with shown_as_messages():
+                async for value in fn(*args, **kwargs):
+                    yield value
+
+        return async_generator
 
     if inspect.isgeneratorfunction(fn):
 
@@ -109,10 +149,11 @@ def user_errors(fn: Callable) -> Callable:
 class PageProgress:
     """The package's ``progress(done, total, description)`` callbacks, shown by Gradio's progress bar.
 
-    The bar shows ``done / total`` as a fraction and the text the description as it is: the description names
-    the stage and, where the stage knows it, how far it is and the time left ("Segment 2/4 · step 3/20 · about
-    2 min left"), so the bar never shows a count in the wrong unit. `phase` starts a stage that has no count
-    (loading a model) with an empty bar, so no stage runs under the previous one's label and percentage.
+    The bar shows ``done / total`` as a fraction (a percentage on the page) and the text the description as it
+    is: the description names the stage and, where the stage knows it, how far it is and the time left
+    ("Segment 2/4 · step 3/20 · about 2 min left"), so the bar never shows a count in the wrong unit. A stage
+    with no count (``total`` 0, or `phase`: loading a model, a GPU call starting) shows its label over the bar as
+    it was, so no stage runs under the previous one's label and a job's bar does not go back between its stages.
 
     Args:
         progress: A ``gr.Progress`` (or any callable with its signature).
@@ -120,13 +161,58 @@ class PageProgress:
 
     def __init__(self, progress: Callable[..., Any]) -> None:
         self._progress = progress
+        self._fraction = 0.0
 
     def __call__(self, done: float, total: float, description: str) -> None:
-        self._progress(min(1.0, done / total) if total else None, desc=description)
+        if total:
+            self._fraction = min(1.0, done / total)
+        self._progress(self._fraction, desc=description)
 
     def phase(self, description: str) -> None:
         """Show ``description`` for a stage whose length is not known (Gradio shows no text without a bar)."""
-        self._progress(0.0, desc=description)
+        self(0, 0, description)
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """A ``progress(done, total, description)`` call of a GPU call, as it crosses from ZeroGPU's worker process to
+    the app's (``total`` 0: a phase without a count)."""
+
+    done: float
+    total: float
+    description: str
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    """The last report of a generation's GPU call: its result, or the sentence of how it ended early (only
+    ``gr.Error`` keeps its message across ZeroGPU's process boundary, so the call sends its own)."""
+
+    result: GenerationResult | None = None
+    stopped: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Running:
+    """A generation a browser tab (or API session) runs in one mode: what its Stop reaches, and how it ended."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+    stop_file: Path | None = None
+    """On ZeroGPU, the file that stops the GPU call working on the job (`zerogpu.STOP_FILE`)."""
+
+    def stop(self) -> None:
+        """Stop after the current step (idempotent)."""
+        self.cancel.set()
+        if self.stop_file is not None:
+            self.stop_file.touch()
+
+
+STOP_WAIT_SECONDS = 600
+"""How long Stop waits to say how far the job got (a step at 720p with guidance takes ~26 s on an H100; loading
+the model cannot be interrupted)."""
 
 
 class Studio:
@@ -151,21 +237,16 @@ class Studio:
         self._gpu_slots = threading.BoundedSemaphore(config.gpu_concurrency)
         self._lora_lock = threading.Lock()
         self._cancel_lock = threading.Lock()
-        self._cancels: dict[str, threading.Event] = {}
-        # On ZeroGPU each GPU action asks for as long as its job needs; elsewhere spaces.GPU returns it as is.
-        self.gpu_time = GpuTime(self.work_root, self.fast_available)
-        for name, estimate in (
-            ("extract_animation", self.gpu_time.extract),
-            ("extract_replacement", self.gpu_time.extract),
-            ("animate", self.gpu_time.generate),
-            ("replace", self.gpu_time.generate),
-            ("animate_oneshot", self.gpu_time.oneshot),
-            ("replace_oneshot", self.gpu_time.oneshot),
-            ("animate_draft", self.gpu_time.draft),
-            ("replace_draft", self.gpu_time.draft),
-        ):
-            action = getattr(self, name)
-            setattr(self, name, spaces.GPU(duration=duration_of(action, estimate))(action))
+        self._running: dict[str, Running] = {}
+        self._stopped: dict[str, str] = {}  # how the last stopped job of a tab and mode ended, until Stop says it
+        self._claims = threading.Condition()
+        self._generating: set[Path] = set()  # state folders a generation works on (under _claims)
+        # On ZeroGPU each GPU call asks for as long as its work needs; elsewhere spaces.GPU returns it as is. An
+        # extraction is one call (`_extraction_call`); a generation runs as calls (`_generation_call`), each asking
+        # for its own.
+        extraction = self._extraction_call
+        self._extraction_call = spaces.GPU(duration=gpu_time.duration_of(extraction, gpu_time.extract_seconds))(extraction)
+        self._generation_call = spaces.GPU(duration=_call_duration)(self._generation_call)
 
     # -- API: Animation -------------------------------------------------------------------------------
 
@@ -198,11 +279,11 @@ class Studio:
         Returns:
             skeleton video, face-crop video, quality report (Markdown), report (JSON with job_id), job_id for /animate.
         """
-        job = self._extract("animate", photo, video, start, end, resolution, fps, points, PageProgress(progress), request=request, retarget=retarget)
+        job = self._extraction(False, "animate", photo, video, start, end, resolution, fps, points, request, PageProgress(progress), dict(retarget=retarget))
         return self._extraction_outputs(job)
 
     @user_errors
-    def animate(
+    async def animate(
         self,
         job_id: str,
         preset: str = "quality",
@@ -214,8 +295,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[str, str, str, dict]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict]]:
         """Animation, step 2: generate the video from an extraction (the job_id returned by /extract_animation).
+
+        The outputs come after every finished 77-frame segment, the video growing (details: "complete": false),
+        and the finished result last. A job stopped or failed part-way keeps its finished segments (its last
+        outputs hold them and say why it ended): the same call with the same settings goes on from there.
 
         Args:
             job_id: The job_id returned by /extract_animation.
@@ -231,10 +316,11 @@ class Studio:
             result video (with the driving video's sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        return self._generate_job("animate", job_id, settings, request, progress)
+        async for outputs in self._generate_job("animate", job_id, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def animate_oneshot(
+    async def animate_oneshot(
         self,
         photo: str,
         video: str,
@@ -253,8 +339,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Animation in one call: extract, then generate. The character in the photo performs the video's motion.
+
+        The job_id comes first, as soon as the extraction is done, then the outputs after every finished 77-frame
+        segment, the video growing (details: "complete": false), and the finished result last. A job stopped or
+        failed part-way keeps its finished segments: /animate with that job_id and the same settings goes on from there.
 
         Args:
             photo: The character photo (one person, front-facing, whole body if possible).
@@ -277,11 +367,14 @@ class Studio:
             result video (with sound), side-by-side video (driving video | result), summary (Markdown), details (JSON with the seed and the quality report), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract, "animate", photo, video, start, end, resolution, fps, points, request=request, retarget=retarget)
-        yield from self._extract_then_generate("animate", extract, settings, request, progress)
+        extract = functools.partial(
+            self._extraction, False, "animate", photo, video, start, end, resolution, fps, points, request, options=dict(retarget=retarget)
+        )
+        async for outputs in self._extract_then_generate("animate", extract, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def animate_draft(
+    async def animate_draft(
         self,
         photo: str,
         video: str,
@@ -299,7 +392,7 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Animation draft: only the first segment (up to 77 frames) at 480p, with the fast preset when available.
 
         Args:
@@ -322,9 +415,12 @@ class Studio:
             draft video (with sound), side-by-side video (driving video | draft), summary (Markdown), details (JSON), job_id.
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, step_cache=step_cache)
-        extract = functools.partial(self._extract_draft, "animate", photo, video, start, end, fps, points, request=request, retarget=retarget)
+        extract = functools.partial(
+            self._extraction, True, "animate", photo, video, start, end, DRAFT_RESOLUTION, fps, points, request, options=dict(retarget=retarget)
+        )
         settings = draft_settings(settings, self.fast_available)
-        yield from self._extract_then_generate("animate", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("animate", extract, settings, request, progress):
+            yield outputs
 
     # -- API: Replacement -----------------------------------------------------------------------------
 
@@ -361,14 +457,14 @@ class Studio:
         Returns:
             skeleton video, face-crop video, mask overlay video, background video, quality report (Markdown), report (JSON with job_id), job_id for /replace.
         """
-        job = self._extract(
-            "replace", photo, video, start, end, resolution, fps, points, PageProgress(progress), request=request,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+        job = self._extraction(
+            False, "replace", photo, video, start, end, resolution, fps, points, request, PageProgress(progress),
+            dict(mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify),
         )
         return self._extraction_outputs(job)
 
     @user_errors
-    def replace(
+    async def replace(
         self,
         job_id: str,
         preset: str = "quality",
@@ -382,8 +478,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[str, str, str, dict]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict]]:
         """Replacement, step 2: generate the video from an extraction (the job_id returned by /extract_replacement).
+
+        The outputs come after every finished 77-frame segment, the video growing (details: "complete": false),
+        and the finished result last. A job stopped or failed part-way keeps its finished segments (its last
+        outputs hold them and say why it ended): the same call with the same settings goes on from there.
 
         Args:
             job_id: The job_id returned by /extract_replacement.
@@ -401,10 +501,11 @@ class Studio:
             result video (with the video's sound), side-by-side video (video | result), summary (Markdown), details (JSON with the seed).
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
-        return self._generate_job("replace", job_id, settings, request, progress)
+        async for outputs in self._generate_job("replace", job_id, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def replace_oneshot(
+    async def replace_oneshot(
         self,
         photo: str,
         video: str,
@@ -427,8 +528,12 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Replacement in one call: extract, then generate. The character replaces the person in the video.
+
+        The job_id comes first, as soon as the extraction is done, then the outputs after every finished 77-frame
+        segment, the video growing (details: "complete": false), and the finished result last. A job stopped or
+        failed part-way keeps its finished segments: /replace with that job_id and the same settings goes on from there.
 
         Args:
             photo: The character photo (one person, front-facing).
@@ -456,13 +561,14 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract, "replace", photo, video, start, end, resolution, fps, points, request=request,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            self._extraction, False, "replace", photo, video, start, end, resolution, fps, points, request,
+            options=dict(mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify),
         )
-        yield from self._extract_then_generate("replace", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("replace", extract, settings, request, progress):
+            yield outputs
 
     @user_errors
-    def replace_draft(
+    async def replace_draft(
         self,
         photo: str,
         video: str,
@@ -484,7 +590,7 @@ class Studio:
         step_cache: str = "none",
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[str | None, str | None, str, dict | None, str]]:
+    ) -> AsyncIterator[tuple[str | None, str | None, str, dict | None, str]]:
         """Replacement draft: only the first segment (up to 77 frames) at 480p, with the fast preset when available.
 
         Args:
@@ -512,11 +618,12 @@ class Studio:
         """
         settings = self._settings(preset, steps, seed, guidance, overlap, color_match, relight, relight_weight, step_cache)
         extract = functools.partial(
-            self._extract_draft, "replace", photo, video, start, end, fps, points, request=request,
-            mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify,
+            self._extraction, True, "replace", photo, video, start, end, DRAFT_RESOLUTION, fps, points, request,
+            options=dict(mask_kernel=mask_kernel, mask_iterations=mask_iterations, blockify=blockify),
         )
         settings = draft_settings(settings, self.fast_available)
-        yield from self._extract_then_generate("replace", extract, settings, request, progress)
+        async for outputs in self._extract_then_generate("replace", extract, settings, request, progress):
+            yield outputs
 
     # -- page helpers (not API endpoints) -------------------------------------------------------------
 
@@ -529,14 +636,67 @@ class Studio:
         except WanAnimateError as error:
             raise gr.Error(str(error), print_exception=False) from error
 
-    def stop(self, mode: str, request: gr.Request = None) -> str:
-        """Stop this browser tab's running generation in ``mode`` after its current step."""
+    def stop(self, mode: str, request: gr.Request = None) -> Iterator[str]:
+        """Stop this browser tab's running generation in ``mode`` after its current step, then say how far it got.
+
+        The page's Stop also cancels the generation's event; the job's outcome comes from the job itself, which
+        goes on (for at most a step) after its event is gone.
+        """
+        key = _cancel_key(request, mode)
         with self._cancel_lock:
-            cancel = self._cancels.get(_cancel_key(request, mode))
-        if cancel is None:
-            return "Nothing is being generated."
-        cancel.set()
-        return "Stopping after the current step…"
+            running = self._running.get(key)
+            stopped = self._stopped.pop(key, None)
+        if running is None:
+            yield stopped or "Nothing is being generated."
+            return
+        running.stop()
+        yield "Stopping after the current step…"
+        if running.ended.wait(STOP_WAIT_SECONDS):
+            with self._cancel_lock:
+                self._stopped.pop(key, None)
+            yield running.outcome
+
+    def preload(self) -> None:
+        """Load the pipeline and the LoRAs the app uses now, before the first job (``--preload``; on ZeroGPU the
+        models must be in the app's process before its first GPU call, and LoRAs loaded in a call's worker process
+        would be loaded again in every call)."""
+        self._ready_pipeline("replace", GenerationSettings(relight=True), lambda done, total, description: None)
+
+    @property
+    def default_preset(self) -> str:
+        """The page's preset at start: the fast one on ZeroGPU (when the app has it), where GPU seconds are quota."""
+        return "fast" if self.config.zerogpu and self.fast_available else "quality"
+
+    def gpu_estimate(
+        self,
+        job_id: str,
+        video: str | None,
+        start: float,
+        end: float | None,
+        fps: str,
+        resolution: str,
+        preset: str,
+        steps: int,
+        guidance: float,
+        overlap: int,
+        request: gr.Request = None,
+    ) -> str:
+        """The GPU time a generation with these settings will take (on ZeroGPU: in how many calls, and whether a
+        visitor's quota can cover it), for the page before the job starts: from the job the page holds, else from
+        the uploaded video at the chosen resolution."""
+        try:
+            settings = self._settings(preset, steps, -1, guidance, overlap, False)
+            if job_id:
+                record = self._open_job(job_id, request).record
+                frames, resolution = record.num_frames or 1, record.resolution
+            elif video:
+                info = probe_video(video)
+                frames = estimate_frames(info.duration, info.fps, frame_rate(fps), start_time(start), optional_end(end))
+            else:
+                return ""
+            return gpu_time.describe_generation(frames, resolution, settings, zerogpu=self.config.zerogpu)
+        except WanAnimateError as error:
+            return f"⚠️ {error}"
 
     def runtime_markdown(self) -> str:
         """Where the model runs (GPU, memory mode, dtype), or what will be used before it is loaded."""
@@ -600,15 +760,15 @@ class Studio:
         points: str,
         progress: PageProgress,
         *,
-        request: gr.Request | None = None,
+        owner: str | None = None,
         retarget: bool = False,
         mask_kernel: int = 7,
         mask_iterations: int = 3,
         blockify: int = 1,
     ) -> Job:
-        """One `Preprocessor.prepare` call in a new job folder of the request's session; the job records how it was
-        made and its previews. The values are checked before the folder is made, and a failed extraction's folder
-        is removed."""
+        """One `Preprocessor.prepare` call in a new job folder of session ``owner``; the job records how it was made
+        and its previews. The values are checked before the folder is made, and a failed extraction's folder is
+        removed."""
         if not photo or not video:
             raise WanAnimateError("Upload a character photo and a driving video first.")
         clicks = parse_clicks(points)
@@ -624,12 +784,11 @@ class Studio:
             blockify=(cells, cells),
         )
         options.check()
-        self.jobs.clean()
         job = self.jobs.new(
             mode, photo, video, start=options.start, end=options.end, fps=options.fps, resolution=options.resolution,
             options=dict(retarget=options.retarget, points=dump_clicks(clicks), mask_kernel=options.mask_kernel,
                          mask_iterations=options.mask_iterations, blockify=cells),
-            owner=_session(request),
+            owner=owner,
         )
         record = job.record
         with self.jobs.use(job, discard_on_failure=True):
@@ -676,73 +835,260 @@ class Studio:
         previews = (job.preview(name) for name in PREVIEWS[job.record.mode])
         return (*(str(path) if path else None for path in previews), job.record.report_markdown, self._report(job), job.id)
 
-    def _generate_job(
-        self, mode: str, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
-    ) -> tuple:
-        """/animate and /replace: generate from an extracted job of this session and mode."""
-        job = self._open_job(job_id, request, mode)
-        with self._cancellable(request, mode) as cancel:
-            return self._generate(job, settings, cancel, PageProgress(progress))
+    def _extraction(
+        self, draft: bool, mode: str, photo: str, video: str, start: float, end: float | None, resolution: str,
+        fps: str, points: str, request: gr.Request | None, progress: PageProgress, options: dict[str, Any],
+    ) -> Job:
+        """An extraction (a draft's: of the first segment's span at 480p) for the request's session: the jobs
+        folder cleaned here, in the app's process (it knows which jobs are in use), then the GPU call."""
+        self.jobs.clean()
+        return self._extraction_call(draft, mode, photo, video, start, end, resolution, fps, points, _session(request), progress, options)
 
-    def _extract_then_generate(
+    def _extraction_call(
+        self, draft: bool, mode: str, photo: str, video: str, start: float, end: float | None, resolution: str,
+        fps: str, points: str, owner: str | None, progress: PageProgress, options: dict[str, Any],
+    ) -> Job:
+        """An extraction as its own GPU call (plain arguments: on ZeroGPU they are pickled into the worker process,
+        which records the job, its owner included, in its ``job.json`` and removes the folder if it fails)."""
+        if draft:
+            return self._extract_draft(mode, photo, video, start, end, fps, points, progress, owner=owner, **options)
+        return self._extract(mode, photo, video, start, end, resolution, fps, points, progress, owner=owner, **options)
+
+    async def _generate_job(
+        self, mode: str, job_id: str, settings: GenerationSettings, request: gr.Request | None, progress: Callable[..., Any]
+    ) -> AsyncIterator[tuple]:
+        """/animate and /replace: generate from an extracted job of this session and mode."""
+        job = self._open_job(job_id, request, mode)  # reads one small file: fine on the event loop
+        running = Running()
+
+        def run() -> Iterator[tuple]:
+            with self._registered(request, mode, running):
+                yield from self._generate(job, settings, running, PageProgress(progress))
+
+        async for outputs in stream_async(run(), on_stop=running.stop):
+            yield outputs
+
+    async def _extract_then_generate(
         self,
         mode: str,
         extract: Callable[[PageProgress], Job],
         settings: GenerationSettings,
         request: gr.Request | None,
         progress: Callable[..., Any],
-    ) -> Iterator[tuple]:
+    ) -> AsyncIterator[tuple]:
         """One click and drafts: yield the job id as soon as ``extract`` made it (the page shows its previews while
-        generation runs), then the generation's outputs and the job id."""
-        progress = PageProgress(progress)
-        with self._cancellable(request, mode) as cancel:
-            job = extract(progress)
-            yield (*NO_RESULT, job.id)
-            yield (*self._generate(job, settings, cancel, progress), job.id)
+        generation runs), then the generation's outputs, each with the job id."""
+        running = Running()
+
+        def run() -> Iterator[tuple]:
+            with self._registered(request, mode, running):
+                job = extract(PageProgress(progress))
+                yield (*NO_RESULT, job.id)
+                for outputs in self._generate(job, settings, running, PageProgress(progress)):
+                    yield (*outputs, job.id)
+
+        async for outputs in stream_async(run(), on_stop=running.stop):
+            yield outputs
 
     def _settings(self, *values, **named) -> GenerationSettings:
         return generation_settings(*values, **named, fast_available=self.fast_available)
 
     def _generate(
-        self, job: Job, settings: GenerationSettings, cancel: threading.Event, progress: PageProgress
-    ) -> tuple[str, str, str, dict]:
-        """Generate from a job's conditioning; ``cancel`` (set by Stop) is checked between steps.
+        self, job: Job, settings: GenerationSettings, running: Running, progress: PageProgress
+    ) -> Iterator[tuple[str | None, str | None, str, dict]]:
+        """Generate from a job's conditioning as GPU calls (one off ZeroGPU), on the calling thread; yield the
+        outputs after every finished segment, then the finished result.
+
+        The job's state folder is one per settings (`Job.generation_dir`): a job stopped or failed part-way keeps
+        its segments there and in its video, and the same settings go on from the last one. Its last outputs then
+        hold what was finished and say how it ended; a failure with nothing finished raises.
+
+        Raises:
+            WanAnimateError: Failed before a segment was finished (the sentence says what to change).
+        """
+        started = time.monotonic()
+        run = _Run(job, job.load_conditioning(), settings)
+        # In use (the cleaner leaves it alone) from the first GPU call to the result, in the app's process.
+        with self.jobs.use(job), self._claimed(run.state_dir, progress):
+            (run.state_dir / STOP_FILE).unlink(missing_ok=True)  # a stopped run's
+            running.stop_file = run.state_dir / STOP_FILE if self.config.zerogpu else None
+            checkpoint = load_checkpoint(run.state_dir, run.conditioning, settings)
+            run.done = checkpoint.segments_done if checkpoint is not None else 0
+            if run.done and run.video.is_file():
+                yield run.partial(f"Continuing from segment {run.done + 1} of {run.total}.")
+            end = yield from self._calls(run, running, progress)
+            if end.result is not None:
+                running.outcome = "Finished: the result is complete."
+                yield self._finish(run, end.result, time.monotonic() - started, progress)
+                return
+        reason = end.error or end.stopped
+        running.outcome = f"{reason} {run.kept()}" if run.done else reason
+        logger.info("Generation of %s ended early: %s", job.id, running.outcome)
+        if end.error is None:  # a stop is no error: the last outputs say it
+            yield run.partial(running.outcome)
+        elif run.done:
+            gr.Warning(running.outcome)
+            yield run.partial(f"⚠️ {running.outcome}")
+        else:
+            raise WanAnimateError(reason)
+
+    def _calls(self, run: _Run, running: Running, progress: PageProgress) -> Generator[tuple, None, CallEnd]:
+        """The job's GPU calls, until it is complete or ends early; yield the outputs after every segment.
 
         Returns:
-            The generation endpoints' outputs: result video, side-by-side video, summary, details.
+            The end of the last call: its complete result, or the sentence of a stop or a failure (the platform's
+            refusal of a call, a call that finished no segment, or any error once segments are finished).
         """
-        with self._result_files(job) as files:
-            conditioning = job.load_conditioning()
-            with self._gpu_slots:
-                if cancel.is_set():
-                    raise GenerationCancelled("Stopped before generation started.")
-                progress.phase("Loading the model")  # a first load reports its own stages
-                pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
-                with self._lora_lock:
-                    if self.fast_available:
-                        progress.phase("Loading the few-step LoRA")
-                        ensure_fast_lora(pipeline, self.config.fast_lora)
-                    if self.config.relight_lora and job.record.mode == "replace":
-                        progress.phase("Loading the relighting LoRA")
-                        ensure_relighting_lora(pipeline, self.config.relight_lora)
-                progress.phase("Encoding the prompt and the inputs")
-                result = generate_video(pipeline, conditioning, files.video, settings, progress=progress, cancel=cancel)
-            progress.phase("Writing the side-by-side video")
-            side_by_side = job.write_side_by_side(result.video_path, files.side_by_side)
-        return (
-            str(result.video_path),
-            str(side_by_side),
-            _result_markdown(conditioning, result, settings),
-            self._details(job, conditioning, result, settings),
-        )
+        cancel = None if self.config.zerogpu else running.cancel  # an event cannot cross into ZeroGPU's worker
+        while not running.cancel.is_set():
+            before = run.done
+            try:
+                call = self._next_call(run)
+                run.calls += 1
+                if self.config.zerogpu:
+                    last = min(run.total, run.done + (call.segments or run.total))
+                    progress.phase(f"GPU call {run.calls}: segments {run.done + 1}–{last} of {run.total}, asking ZeroGPU for {call.seconds} s")
+                for report in self._generation_call(call, run.job, run.settings, run.state_dir, cancel):
+                    if isinstance(report, ProgressReport):
+                        progress(report.done, report.total, report.description)
+                    elif isinstance(report, SegmentUpdate):
+                        run.done = report.index + 1
+                        yield run.partial()
+                    else:
+                        end = report
+            except Exception as error:  # the finished segments are kept whatever ended the call
+                if is_platform_refusal(error):
+                    return CallEnd(error=refusal_message(error))
+                if run.done == 0:
+                    raise
+                if isinstance(error, WanAnimateError):  # e.g. a segment measured too long for a ZeroGPU call
+                    return CallEnd(error=str(error))
+                logger.exception("Generation of %s failed after segment %d of %d", run.job.id, run.done, run.total)
+                return CallEnd(error=f"Generation failed ({type(error).__name__}; the app's log has the details).")
+            if end.result is None or end.result.complete:
+                return end
+            if run.done == before:
+                return CallEnd(error=f"A segment takes longer than a GPU call can hold (about {self._segment_seconds(run):.0f} s "
+                                     "measured): choose the fast preset, 480p or fewer steps.")
+        stopped = f"after segment {run.done} of {run.total}" if run.done else "before generation started"
+        return CallEnd(stopped=f"Stopped {stopped}.")
+
+    def _next_call(self, run: _Run) -> GpuCall:
+        """The next GPU call of a job: off ZeroGPU one call for all of it; on ZeroGPU as many whole segments as fit
+        in one call, timed from the segments measured so far (else from the table of `presets.STEP_TIMES`).
+
+        Raises:
+            WanAnimateError: On ZeroGPU, one segment does not fit in a call.
+        """
+        if not self.config.zerogpu:
+            return LOCAL_CALL
+        return plan_calls(run.total - run.done, self._segment_seconds(run)).calls[0]
+
+    def _segment_seconds(self, run: _Run) -> float:
+        """Estimated GPU seconds of one of the run's segments: measured (the checkpoint's) or from the table."""
+        checkpoint = load_checkpoint(run.state_dir, run.conditioning, run.settings)
+        return gpu_time.segment_seconds(run.job.record.resolution, run.settings, checkpoint)
+
+    def _generation_call(
+        self, call: GpuCall, job: Job, settings: GenerationSettings, state_dir: Path, cancel: threading.Event | None = None
+    ) -> Iterator[ProgressReport | SegmentUpdate | CallEnd]:
+        """One GPU call of a generation (a `spaces.GPU` generator): the model and the job's LoRAs ready, then up
+        to ``call.segments`` segments of the job (`generate_video`, resumed from ``state_dir``), ending
+        (resumably) before ``call.budget`` runs out.
+
+        On ZeroGPU it runs in a worker process: its arguments and reports are pickled, and ``cancel`` (which could
+        not cross) is ``None``: a stop reaches it through the state folder's `zerogpu.STOP_FILE`.
+
+        Yields:
+            `ProgressReport` at every phase and step, `SegmentUpdate` after each segment, a `CallEnd` last.
+        """
+        started = time.monotonic()
+
+        def work(report: Callable[[Any], None], cancel: threading.Event) -> CallEnd:
+            def progress(done: float, total: float, description: str) -> None:
+                report(ProgressReport(done, total, description))
+
+            try:
+                if not self._gpu_slots.acquire(blocking=False):
+                    progress(0, 0, "Waiting for the GPU (another job is on it)")
+                    self._gpu_slots.acquire()
+                try:
+                    if cancel.is_set():
+                        raise GenerationCancelled("Stopped before generation started.")
+                    pipeline = self._ready_pipeline(job.record.mode, settings, progress)
+                    progress(0, 0, "Encoding the prompt and the inputs")
+                    result = generate_video(
+                        pipeline, job.load_conditioning(), state_dir / GENERATION_VIDEO, settings, progress=progress,
+                        cancel=cancel, state_dir=state_dir, max_segments=call.segments,
+                        deadline=None if call.budget is None else started + call.budget, on_segment=report,
+                    )
+                finally:
+                    self._gpu_slots.release()
+            except GenerationCancelled as stopped:
+                return CallEnd(stopped=str(stopped))
+            except WanAnimateError as error:
+                return CallEnd(error=str(error))
+            return CallEnd(result=result)
+
+        with contextlib.nullcontext(cancel) if cancel is not None else stop_file_event(state_dir / STOP_FILE) as cancel:
+            yield from stream_thread(functools.partial(work, cancel=cancel), cancel)
+
+    def _ready_pipeline(self, mode: str, settings: GenerationSettings, progress: Callable[[float, float, str], None]):
+        """The pipeline with the LoRAs this job uses loaded, each load under its own label (at once when loaded)."""
+        progress(0, 0, "Loading the model")  # a first load reports its own stages
+        pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
+        with self._lora_lock:
+            if self.fast_available:
+                progress(0, 0, "Loading the few-step LoRA")
+                ensure_fast_lora(pipeline, self.config.fast_lora)
+            if settings.relight if settings.relight is not None else mode == "replace":
+                progress(0, 0, "Loading the relighting LoRA")
+                ensure_relighting_lora(pipeline, self.config.relight_lora or RELIGHT_REPO)
+        return pipeline
+
+    def _finish(self, run: _Run, result: GenerationResult, seconds: float, progress: PageProgress) -> tuple:
+        """The finished job's outputs: the video and its side-by-side become the job's newest result (it keeps
+        `AppConfig.keep_results` of them), the state folder goes."""
+        progress.phase("Writing the side-by-side video")
+        with run.job.new_result(keep=self.config.keep_results) as files:
+            run.job.write_side_by_side(result.video_path, files.side_by_side)
+            os.replace(result.video_path, files.video)
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+        details = {**run.details(), "complete": True, "seed": result.seed, "seconds": round(seconds, 2)}
+        return str(files.video), str(files.side_by_side), _result_markdown(run, result.seed, seconds), details
 
     @contextmanager
-    def _result_files(self, job: Job) -> Iterator[JobResult]:
-        """Where a generation writes its files. Meanwhile the job is in use (cleaning leaves it alone); once the
-        block succeeds the job keeps its newest `AppConfig.keep_results` results, and a failed or stopped
-        generation leaves no files (`Job.new_result`)."""
-        with self.jobs.use(job), job.new_result(keep=self.config.keep_results) as files:
-            yield files
+    def _registered(self, request: gr.Request | None, mode: str, running: Running) -> Iterator[None]:
+        """``running`` as the job Stop reaches for this browser tab (or API session) in ``mode`` while the block
+        runs; when it ends, its outcome (kept for Stop to say when the job was stopped)."""
+        key = _cancel_key(request, mode)
+        with self._cancel_lock:
+            self._running[key] = running
+        try:
+            yield
+        finally:
+            with self._cancel_lock:
+                if self._running.get(key) is running:
+                    del self._running[key]
+                if running.cancel.is_set():
+                    self._stopped[key] = running.outcome or "Stopped."
+            running.ended.set()
+
+    @contextmanager
+    def _claimed(self, state_dir: Path, progress: PageProgress) -> Iterator[None]:
+        """One generation at a time per job and settings (they would write the same state folder): a new one waits
+        for the one before (stopped, it ends after its current step)."""
+        with self._claims:
+            if state_dir in self._generating:
+                progress.phase("Waiting for this job's last run to end its step")
+            self._claims.wait_for(lambda: state_dir not in self._generating)
+            self._generating.add(state_dir)
+        try:
+            yield
+        finally:
+            with self._claims:
+                self._generating.discard(state_dir)
+                self._claims.notify_all()
 
     def _open_job(self, job_id: str, request: gr.Request | None, mode: str | None = None) -> Job:
         """The job ``job_id`` if the request's session made it (and, given ``mode``, it was extracted for it).
@@ -765,43 +1111,8 @@ class Studio:
             )
         return job
 
-    @contextmanager
-    def _cancellable(self, request: gr.Request | None, mode: str) -> Iterator[threading.Event]:
-        """The event Stop sets for this browser tab's job in ``mode``, registered while the job runs.
-
-        On ZeroGPU the job runs in a forked worker that this event does not reach; there Stop only drops the
-        queued or running event from Gradio's queue.
-        """
-        key = _cancel_key(request, mode)
-        cancel = threading.Event()
-        with self._cancel_lock:
-            self._cancels[key] = cancel
-        try:
-            yield cancel
-        finally:
-            with self._cancel_lock:
-                if self._cancels.get(key) is cancel:
-                    del self._cancels[key]
-
     def _report(self, job: Job) -> dict:
         return {"job_id": job.id, "mode": job.record.mode, "resolution": job.record.resolution, **(job.record.report or {})}
-
-    def _details(self, job: Job, conditioning: Conditioning, result: GenerationResult, settings: GenerationSettings) -> dict:
-        return {
-            "job_id": job.id,
-            "seed": result.seed,
-            "frames": conditioning.num_frames,
-            "fps": result.fps,
-            "width": conditioning.width,
-            "height": conditioning.height,
-            "seconds": round(result.seconds, 2),
-            "steps": settings.num_inference_steps,
-            "guidance": settings.guidance_scale,
-            "overlap": settings.overlap_frames,
-            "lora_weights": dict(settings.lora_weights),
-            "step_cache": settings.step_cache,
-            "report": job.record.report,
-        }
 
 
 def jobs_folder(work_dir: str | Path | None) -> Path:
@@ -842,12 +1153,88 @@ def _preview_files(job: Job, prepared: Preprocessed) -> dict[str, str]:
     return {name: str(Path(path).relative_to(job.folder)) for name, path in files.items() if path is not None}
 
 
-def _result_markdown(conditioning: Conditioning, result: GenerationResult, settings: GenerationSettings) -> str:
-    frames = conditioning.num_frames
+GENERATION_VIDEO = "video.mp4"
+"""The growing video of a generation, in its state folder (`Job.generation_dir`) until the job is finished."""
+
+
+class _Run:
+    """One generation of a job: where its state is, how far it got, and the result pane's outputs on the way."""
+
+    def __init__(self, job: Job, conditioning: Conditioning, settings: GenerationSettings) -> None:
+        self.job = job
+        self.conditioning = conditioning
+        self.settings = settings
+        self.plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+        self.state_dir = job.generation_dir(_settings_key(settings))
+        self.video = self.state_dir / GENERATION_VIDEO
+        self.done = 0
+        self.calls = 0
+
+    @property
+    def total(self) -> int:
+        return self.plan.num_segments
+
+    def kept(self) -> str:
+        """What a job that ended early keeps, and how to go on."""
+        segments = "segment" if self.done == 1 else f"{self.done} segments"
+        return (
+            f"The video holds the finished {segments} ({self.plan.frames_done(self.done)} of "
+            f"{self.conditioning.num_frames} frames): Generate again with the same settings to go on from segment "
+            f"{self.done + 1} of {self.total}."
+        )
+
+    def partial(self, note: str = "") -> tuple[str | None, None, str, dict]:
+        """The outputs while the job is not finished: the video so far (if any), no side-by-side, a summary that
+        says so (after ``note``)."""
+        frames = self.plan.frames_done(self.done)
+        summary = [note] if note else []
+        if self.done:
+            summary.append(
+                f"**Segment {self.done} of {self.total} done** · {frames} of {self.conditioning.num_frames} frames so far"
+                " (the video grows as segments finish)"
+            )
+        details = {**self.details(), "complete": False, "segments_done": self.done, "frames_done": frames}
+        return str(self.video) if self.done else None, None, "\n\n".join(summary), details
+
+    def details(self) -> dict:
+        conditioning, settings = self.conditioning, self.settings
+        return {
+            "job_id": self.job.id,
+            "seed": settings.seed,
+            "frames": conditioning.num_frames,
+            "fps": conditioning.fps,
+            "width": conditioning.width,
+            "height": conditioning.height,
+            "segments_total": self.total,
+            "gpu_calls": self.calls,
+            "steps": settings.num_inference_steps,
+            "guidance": settings.guidance_scale,
+            "overlap": settings.overlap_frames,
+            "lora_weights": dict(settings.lora_weights),
+            "step_cache": settings.step_cache,
+            "report": self.job.record.report,
+        }
+
+
+def _settings_key(settings: GenerationSettings) -> str:
+    """Names a job's generation state folder: every setting, the seed or "random" (a stopped job with a random seed
+    goes on with the seed it drew)."""
+    described = repr(replace(settings, seed=None)) + f"|seed={'random' if settings.seed is None else settings.seed}"
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def _call_duration(call: GpuCall, *args: Any, **kwargs: Any) -> int:
+    """`spaces.GPU`'s duration of a generation call: the seconds its plan asks for."""
+    return call.seconds or MAX_CALL_SECONDS
+
+
+def _result_markdown(run: _Run, seed: int, seconds: float) -> str:
+    frames, fps = run.conditioning.num_frames, run.conditioning.fps
+    calls = f" in {run.calls} GPU calls" if run.calls > 1 else ""
     return (
-        f"**Seed {result.seed}** · {frames} frames at {result.fps:g} fps ({frames / result.fps:.1f} s) · "
-        f"{conditioning.width}×{conditioning.height} · {settings.num_inference_steps} steps · "
-        f"took {result.seconds:.0f} s"
+        f"**Seed {seed}** · {frames} frames at {fps:g} fps ({frames / fps:.1f} s) · "
+        f"{run.conditioning.width}×{run.conditioning.height} · {run.settings.num_inference_steps} steps · "
+        f"took {seconds:.0f} s{calls}"
     )
 
 
@@ -857,5 +1244,4 @@ def _session(request: gr.Request | None) -> str | None:
 
 
 def _cancel_key(request: gr.Request | None, mode: str) -> str:
-    session = getattr(request, "session_hash", None) or "no-session"
-    return f"{session}:{mode}"
+    return f"{_session(request) or 'no-session'}:{mode}"
