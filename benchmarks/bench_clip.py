@@ -28,12 +28,21 @@ Runs (``--runs``, in order):
     (resuming from the checkpoint, re-assembling the mp4, setting the job up; not ZeroGPU's worker start, which
     only a Space shows), and whether the video is the same (decoded frames, same seed).
 
+Several GPUs: started by torchrun (one process per GPU), every process builds the same seeded pipeline; the
+``memory``, ``clip`` and ``chain`` runs go through the package's leader/follower path, as the CLI and the app run
+them (`wan_animate.parallel`: rank 0 shares each job and writes the video, the others follow; context
+parallelism splits every step's tokens over the GPUs). A run named with ``:1gpu`` (and every ``call`` run) runs
+on rank 0 alone while the others wait: the one-GPU comparison in the same processes, so these come before the
+first split run (whose hooks stay on the transformer). Each row records the SHA-256 of its decoded frames
+(``video_sha256``): the split and the one-GPU run of a clip give the same video when they are equal.
+
 Goals (issue 11): 77/300/900 frames within 1 GiB; outside the steps <= 40 s for the 10-s 720p fast clip.
 
     python benchmarks/bench_clip.py --runs memory:720p:77 memory:720p:300 memory:720p:900
     python benchmarks/bench_clip.py --runs clip:720p call:720p
     python benchmarks/bench_clip.py --runs clip:480p call:480p clip:720p:vae-bf16
     python benchmarks/bench_clip.py --runs clip:720p chain:720p chain:720p:2
+    torchrun --standalone --nproc-per-node 2 benchmarks/bench_clip.py --runs clip:720p:1gpu clip:720p
 
 ``--budget-s``: generation stops cleanly (resumably, `generate_video`'s ``deadline``) before the budget is
 spent, and a run is not started once it is; JSON goes to ``$OUT`` (or ``--out``) after every run; a table is
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -65,6 +75,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fullsize  # noqa: E402
 from bench_pipeline import StageTimer, build_pipeline  # noqa: E402
 
+from wan_animate.parallel import (  # noqa: E402
+    ParallelContext,
+    enable_context_parallel,
+    init_distributed,
+    launched_with_several_processes,
+    run_follower,
+    share_job,
+    shutdown,
+)
+
 GiB = 2**30
 SMOKE_FRAMES = {77: 3, 300: 13, 900: 37}
 """Clip lengths of a smoke run (5-frame segments): 1, 3 and 9 segments like 77, 300 and 900 frames of 77."""
@@ -72,32 +92,41 @@ SMOKE_FRAMES = {77: 3, 300: 13, 900: 37}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: kind (``memory``, ``clip``, ``call`` or ``chain``), resolution, frames, VAE dtype, segments per call."""
+    """One run: kind (``memory``, ``clip``, ``call`` or ``chain``), resolution, frames, VAE dtype, segments per call,
+    and whether it runs on rank 0 alone when several processes were started (``:1gpu``)."""
 
     kind: str
     resolution: str
     frames: int
     vae_bf16: bool = False
     segments_per_call: int | None = None
+    one_gpu: bool = False
 
     @classmethod
     def parse(cls, text: str, clip_frames: int) -> "RunSpec":
         kind, resolution, *rest = text.split(":")
+        one_gpu = "1gpu" in rest
+        rest = [part for part in rest if part != "1gpu"]
         if kind not in ("memory", "clip", "call", "chain") or resolution not in fullsize.RESOLUTIONS:
-            raise SystemExit(f"unknown run {text!r}: memory:RES:FRAMES, clip:RES[:vae-bf16], call:RES[:vae-bf16] or chain:RES[:N]")
+            raise SystemExit(
+                f"unknown run {text!r}: memory:RES:FRAMES, clip:RES[:vae-bf16], call:RES[:vae-bf16] or chain:RES[:N], "
+                "each with an optional :1gpu"
+            )
         if kind == "memory":
-            return cls(kind, resolution, int(rest[0]))
+            return cls(kind, resolution, int(rest[0]), one_gpu=one_gpu)
         if kind == "chain":
-            return cls(kind, resolution, clip_frames, segments_per_call=int(rest[0]) if rest else 1)
-        return cls(kind, resolution, clip_frames, vae_bf16="vae-bf16" in rest)
+            return cls(kind, resolution, clip_frames, segments_per_call=int(rest[0]) if rest else 1, one_gpu=one_gpu)
+        return cls(kind, resolution, clip_frames, vae_bf16="vae-bf16" in rest, one_gpu=one_gpu or kind == "call")
 
     @property
     def name(self) -> str:
         if self.kind == "memory":
-            return f"memory:{self.resolution}:{self.frames}"
-        if self.kind == "chain":
-            return f"chain:{self.resolution}:{self.segments_per_call}"
-        return f"{self.kind}:{self.resolution}" + (":vae-bf16" if self.vae_bf16 else "")
+            name = f"memory:{self.resolution}:{self.frames}"
+        elif self.kind == "chain":
+            name = f"chain:{self.resolution}:{self.segments_per_call}"
+        else:
+            name = f"{self.kind}:{self.resolution}" + (":vae-bf16" if self.vae_bf16 else "")
+        return name + (":1gpu" if self.one_gpu and self.kind != "call" else "")
 
 
 # -- host memory ---------------------------------------------------------------------------------------------
@@ -153,10 +182,11 @@ def write_conditioning(folder: Path, resolution: str, frames: int) -> Path:
 class Bench:
     """The pipeline of this process, its timers, and the conditioning folders made so far."""
 
-    def __init__(self, device: str, memory_mode: str, compile_blocks: bool, scratch: Path) -> None:
+    def __init__(self, device: str, memory_mode: str, compile_blocks: bool, scratch: Path, parallel: ParallelContext | None = None) -> None:
         from wan_animate.models import apply_memory_mode
 
         self.device = device
+        self.parallel = parallel
         self.scratch = scratch
         self.folders: dict[tuple[str, int], Path] = {}
         started = time.perf_counter()
@@ -177,6 +207,10 @@ class Bench:
         if key not in self.folders:
             self.folders[key] = write_conditioning(self.scratch / f"conditioning_{resolution}_{frames}", resolution, frames)
         return self.folders[key]
+
+    def _row(self, spec: RunSpec) -> dict:
+        gpus = 1 if self.parallel is None or spec.one_gpu else self.parallel.world_size
+        return {"run": spec.name, "gpus": gpus, "frames": spec.frames, "vae_dtype": "bf16" if spec.vae_bf16 else "fp32"}
 
     def _start(self, spec: RunSpec) -> None:
         """Reset the timers and the memory peaks; put the VAE in the run's dtype."""
@@ -211,7 +245,8 @@ class Bench:
         return row
 
     def run_engine(self, spec: RunSpec, deadline: float) -> dict:
-        """`generate_video` on the lazily read conditioning (the package's path)."""
+        """`generate_video` on the lazily read conditioning (the package's path), split over every process unless
+        the run is a ``:1gpu`` one."""
         from wan_animate.conditioning import Conditioning
         from wan_animate.generate import GenerationSettings, generate_video
         from wan_animate.presets import LIGHTX2V_SCHEDULE
@@ -230,7 +265,8 @@ class Bench:
             if "writing the video" in description:
                 marks["last_decode_done"] = time.perf_counter()
 
-        row: dict = {"run": spec.name, "frames": spec.frames, "vae_dtype": "bf16" if spec.vae_bf16 else "fp32"}
+        split = self.parallel is not None and not spec.one_gpu
+        row = self._row(spec)
         self._start(spec)
         row["host_rss_before_gib"] = rss_gib("VmRSS")
         reset_peak_rss()
@@ -238,9 +274,16 @@ class Bench:
         calls: list[float] = []  # a chain run's calls (one for the others)
         while True:
             call_started = time.perf_counter()
+            conditioning, job_settings, job_progress, cancel = Conditioning.open(folder), settings, progress, None
+            if split:  # as the CLI and the app do it: share the job, then enable (collective), then generate
+                job_settings, job_progress, cancel = share_job(
+                    self.parallel, conditioning, settings, progress=progress, state_dir=state, max_segments=spec.segments_per_call
+                )
+                enable_context_parallel(self.pipe, self.parallel.options)
             result = generate_video(
-                self.pipe, Conditioning.open(folder), self.scratch / f"{spec.name.replace(':', '_')}.mp4", settings,
-                progress=progress, state_dir=state, deadline=deadline, max_segments=spec.segments_per_call,
+                self.pipe, conditioning, self.scratch / f"{spec.name.replace(':', '_')}.mp4", job_settings,
+                progress=job_progress, cancel=cancel, state_dir=state, deadline=None if self.parallel else deadline,
+                max_segments=spec.segments_per_call,
             )
             calls.append(round(time.perf_counter() - call_started, 2))
             if result.complete or time.monotonic() > deadline or spec.kind != "chain":
@@ -257,6 +300,7 @@ class Bench:
             write_total_s=round(sum(t["write"] for t in times), 2),
             write_tail_s=round(ended - marks.get("last_decode_done", ended), 2),
             video_bytes=result.video_path.stat().st_size if result.video_path else 0,
+            video_sha256=frames_sha256(result.video_path) if result.video_path else None,
         )
         row["other_s"] = round(row["outside_steps_s"] - row["vae_encode_s"] - row["vae_decode_s"] - row["write_tail_s"], 2)
         if spec.kind == "chain":
@@ -278,7 +322,7 @@ class Bench:
             num_inference_steps=LIGHTX2V_SCHEDULE.steps, scheduler=LIGHTX2V_SCHEDULE, seed=0, relight=False,
             segment_frames=fullsize.SEGMENT_FRAMES,
         )
-        row: dict = {"run": spec.name, "frames": spec.frames, "vae_dtype": "bf16" if spec.vae_bf16 else "fp32"}
+        row = self._row(spec)
         self._start(spec)
         row["host_rss_before_gib"] = rss_gib("VmRSS")
         reset_peak_rss()
@@ -288,9 +332,22 @@ class Bench:
         path = write_video(self.scratch / f"{spec.name.replace(':', '_')}.mp4", frames, conditioning.fps)
         ended = time.perf_counter()
         row = self._finish(row, ended - started)
-        row.update(ok=True, complete=True, frames_written=len(frames), write_tail_s=round(ended - generated, 2), video_bytes=path.stat().st_size)
+        row.update(
+            ok=True, complete=True, frames_written=len(frames), write_tail_s=round(ended - generated, 2), video_bytes=path.stat().st_size,
+            video_sha256=frames_sha256(path),
+        )
         row["other_s"] = round(row["outside_steps_s"] - row["vae_encode_s"] - row["vae_decode_s"] - row["write_tail_s"], 2)
         return row
+
+
+def frames_sha256(path: Path) -> str:
+    """SHA-256 of a video's decoded frames (equal for two runs that made the same video)."""
+    from wan_animate.video import iter_video
+
+    digest = hashlib.sha256()
+    for frame in iter_video(path, fps=None, max_seconds=None):
+        digest.update(np.ascontiguousarray(frame).data)
+    return digest.hexdigest()
 
 
 def same_frames(first: Path, second: Path) -> bool:
@@ -362,6 +419,15 @@ def print_table(rows: list[dict]) -> None:
     if len(memory) > 1 and "peak_allocated_gib" in memory[0]:
         spread = max(r["peak_allocated_gib"] for r in memory) - min(r["peak_allocated_gib"] for r in memory)
         print(f"memory runs: peak allocated spread {spread:.2f} GiB (goal <= 1 GiB)")
+    one_gpu = {row["run"].removesuffix(":1gpu"): row for row in rows if row["run"].endswith(":1gpu") and row.get("complete")}
+    for row in rows:
+        alone = one_gpu.get(row["run"])
+        if alone is not None and row.get("complete"):
+            print(
+                f"{row['run']}: {row['gpus']} GPUs {row['wall_s']} s (steps {row['steps_s']} s) against 1 GPU {alone['wall_s']} s "
+                f"(steps {alone['steps_s']} s): {alone['wall_s'] / row['wall_s']:.2f}x the clip, "
+                f"{alone['steps_s'] / row['steps_s']:.2f}x the steps; same video: {alone['video_sha256'] == row['video_sha256']}"
+            )
     for row in rows:
         if row["run"].startswith("clip:720p") and row.get("ok"):
             print(f"{row['run']}: outside the steps {row['outside_steps_s']} s (goal <= 40 s; before the loop: 84 s)")
@@ -401,6 +467,36 @@ def main() -> None:
     specs = [RunSpec.parse(text, args.frames) for text in args.runs]
     if args.smoke:
         specs = [replace(spec, frames=SMOKE_FRAMES.get(spec.frames, 5)) for spec in specs]
+    parallel = init_distributed() if launched_with_several_processes() else None
+    if parallel is not None:
+        first_split = next((index for index, spec in enumerate(specs) if not spec.one_gpu), len(specs))
+        if any(spec.one_gpu for spec in specs[first_split:]):
+            raise SystemExit("--runs: the :1gpu and call runs come before the first split run (its hooks stay on the transformer)")
+    try:
+        run_all(args, specs, device, parallel, started)
+    finally:
+        shutdown(parallel)
+
+
+def fits(spec: RunSpec, left: float, clip_wall: float, parallel: ParallelContext | None) -> bool:
+    """Whether a run may start with ``left`` seconds of the budget. A run that cannot stop early needs the time the
+    same clip took through the loop before (``clip_wall``): the old path, and with several processes every run
+    (`generate_video` refuses a deadline once a process group exists); a split run that time over the GPUs."""
+    if left < 10:
+        return False
+    if spec.kind == "call":
+        return left >= clip_wall
+    if parallel is not None:
+        return left >= (clip_wall if spec.one_gpu else clip_wall / parallel.world_size)
+    return True
+
+
+def run_all(args: argparse.Namespace, specs: list[RunSpec], device: str, parallel: ParallelContext | None, started: float) -> None:
+    """Rank 0 (or the only process): every run, the JSON and the table. The other ranks follow its split jobs."""
+    if parallel is not None and parallel.is_follower:
+        bench = Bench(device, args.memory_mode, args.compile, Path(tempfile.gettempdir()), parallel)
+        run_follower(parallel, lambda: bench.pipe)
+        return
 
     import diffusers
 
@@ -411,19 +507,19 @@ def main() -> None:
         "memory_mode": args.memory_mode,
         "compile": args.compile,
         "command": " ".join(sys.argv),
+        "world_size": 1 if parallel is None else parallel.world_size,
         "peak_rss_resettable": reset_peak_rss(),
     }
     rows: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_clip_") as scratch:
-        bench = Bench(device, args.memory_mode, args.compile, Path(scratch))
+        bench = Bench(device, args.memory_mode, args.compile, Path(scratch), parallel)
         meta["build_s"] = bench.build_s
         deadline = time.monotonic() - (time.perf_counter() - started) + args.budget_s
         engine_walls: dict[tuple[str, bool], float] = {}  # (resolution, bf16 VAE) -> wall of the clip run
         for spec in specs:
             left = deadline - time.monotonic()
-            # The old path cannot stop early: skip it when the same clip took longer through the loop than is left.
-            if left < 10 or (spec.kind == "call" and left < engine_walls.get((spec.resolution, spec.vae_bf16), 0.0)):
+            if not fits(spec, left, engine_walls.get((spec.resolution, spec.vae_bf16), 0.0), parallel):
                 rows.append({"run": spec.name, "ok": False, "error": f"skipped: {left:.0f} s of the time budget left"})
                 continue
             try:
@@ -431,7 +527,7 @@ def main() -> None:
             except Exception as error:  # report and go on with the other runs
                 row = {"run": spec.name, "ok": False, "error": f"{type(error).__name__}: {str(error)[:300]}"}
             if spec.kind == "clip" and row.get("complete"):
-                engine_walls[(spec.resolution, spec.vae_bf16)] = row["wall_s"]
+                engine_walls.setdefault((spec.resolution, spec.vae_bf16), row["wall_s"])
             rows.append(row)
             print(json.dumps(row), flush=True)
             args.out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
