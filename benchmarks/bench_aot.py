@@ -18,6 +18,7 @@ inputs (computed first, by the ``eager`` run). Runs (``--runs``, in order):
 
     python benchmarks/bench_aot.py --runs eager jit aot --resolutions 480p 720p
     python benchmarks/bench_aot.py --smoke      # tiny model on the CPU: checks this script, not speed
+    python benchmarks/bench_aot.py --smoke --device cuda   # the tiny model on the GPU, in bf16
 
 JSON goes to ``$OUT/bench_aot.json`` (or ``--out``) after every run; the table is printed last.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import statistics
 import sys
@@ -287,11 +289,14 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540.0, help="start no new run after this many seconds")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "bench_aot.json")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script, not speed")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda, or cpu with --smoke")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.smoke:
         shrink_for_smoke_test()
         args.repeats = 1
-    device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
+    device = args.device or ("cpu" if args.smoke else "cuda")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if "eager" not in args.runs:
         args.runs.insert(0, "eager")  # every error is measured against it
     order = sorted(args.runs, key=RUNS.index)  # fp8 quantises the model: it goes last

@@ -291,3 +291,46 @@ def test_fp8_needs_torchao_and_says_so(tiny_checkpoint, monkeypatch, tmp_path):
 def test_package_info_round_trips_through_json(package):
     _, info = package
     assert aot.PackageInfo.from_json(json.dumps(asdict(info))) == info
+
+
+CRASH = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+"""A test load that dies as torch 2.11's AOTInductor loader did on the H200 (RESULTS.md section 9)."""
+
+
+def test_a_package_is_loaded_in_a_child_first_and_a_success_is_remembered(package, tmp_path, monkeypatch):
+    path, info = package
+    monkeypatch.setattr(aot.tempfile, "tempdir", str(tmp_path))
+    cpu = torch.device("cpu")
+    aot.probe_package_load(path, info.variants, cpu)  # the real loader, in a child process
+    assert [marker.parent.name for marker in tmp_path.rglob("*") if marker.is_file()] == ["wan_animate_aot_loads"]
+    monkeypatch.setattr(aot.subprocess, "run", None)  # a second probe of the same file starts no process
+    aot.probe_package_load(path, info.variants, cpu)
+
+
+def test_a_loader_crash_is_a_sentence_not_a_dead_app(package, tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    path, info = package
+    monkeypatch.setattr(aot.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(aot, "_PROBE_SCRIPT", CRASH)
+    monkeypatch.setattr(aot, "_needs_probe", lambda device: True)  # as on a GPU
+    with pytest.raises(aot.PackageLoadError, match=r"cannot load the compiled blocks blocks.pt2 here: its loader "
+                                                   r"crashed the test process that loaded it \(signal 11\)"):
+        aot.probe_package_load(path, info.variants, torch.device("cpu"))
+    assert not list(tmp_path.rglob("*.pt2*"))  # nothing remembered
+    pipe = load_pipeline(tiny_checkpoint, allow_cpu=True, compile_blocks=False)
+    # With the GPU present (a local start), the package is refused at load with that sentence.
+    with pytest.raises(aot.PackageLoadError, match="Start without the compiled blocks"):
+        aot.load_compiled_blocks(pipe, path)
+    assert aot.compiled_blocks(pipe) is None
+    # In a ZeroGPU worker (the main process had no GPU to try it on), every block runs eagerly, said once.
+    runtime = aot.load_compiled_blocks(pipe, path, check_device=False)
+    inputs = aot.example_transformer_inputs(pipe, EXAMPLE_SIZE, 5)
+    with caplog.at_level(logging.WARNING, logger="wan_animate"), torch.no_grad():
+        first = pipe.transformer(**inputs)[0]
+        second = pipe.transformer(**inputs)[0]
+    assert runtime.calls == {"plain": 0, "lora": 0, "eager": 4}
+    aot.unload_compiled_blocks(pipe)
+    with torch.no_grad():
+        eager = pipe.transformer(**inputs)[0]
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    crashes = [record.getMessage() for record in caplog.records if "signal 11" in record.getMessage()]
+    assert len(crashes) == 1 and crashes[0].startswith("A transformer block runs eagerly")

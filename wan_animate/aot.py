@@ -31,6 +31,12 @@ Shapes: the video token count (dim 1 of the hidden states and of the rotary tabl
 cannot take (another token count, batch size or dtype, gradients on, an unknown active adapter) runs the block's
 eager forward, and the reason is logged once.
 
+Loading is tried in a child process first (`probe_package_load`): torch's AOTInductor loader can crash the process
+that loads a package instead of raising (a segfault in ``AOTIModelPackageLoader``, measured with torch 2.11 + CUDA
+13 on an H200 for every package, benchmarks/RESULTS.md section 9), and that process would be the app. A package that
+crashed the child is refused at load (``compile_blocks="aot:..."`` with the GPU present) or, where the GPU only
+exists in a ZeroGPU worker, makes every block run eagerly, said once in the log.
+
 fp8 (GPU only, compute capability 8.9+): torchao's ``Float8DynamicActivationFloat8WeightConfig`` (PerRow) on the
 blocks' ``nn.Linear`` layers (not on LoRA factors) before export, the recipe measured in benchmarks/RESULTS.md.
 
@@ -47,7 +53,9 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -535,6 +543,80 @@ def compile_blocks_aot(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Loading a package safely
+
+
+class PackageLoadError(WanAnimateError):
+    """The package's graphs could not be loaded in a test process (`probe_package_load`)."""
+
+
+PROBE_TIMEOUT_S = 600.0
+"""How long a test load may take (a fresh process importing torch and loading every graph)."""
+
+_PROBE_SCRIPT = """
+import sys, torch
+from torch._inductor.package import load_package
+path, variants, device = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+if device >= 0:
+    torch.cuda.set_device(device)
+for variant in variants:
+    load_package(path, model_name=variant)
+"""
+
+
+def _needs_probe(device: torch.device) -> bool:
+    """Whether loads on this device are tried in a child first (CUDA: where the crash was seen; CPU loads are
+    exercised by the tests)."""
+    return device.type == "cuda"
+
+
+def _probe_marker(path: Path, device: torch.device) -> Path:
+    """Where a successful test load of ``path`` on this device and torch is remembered (the temp folder: shared by
+    the forked ZeroGPU workers of one machine, so each machine tries a package once)."""
+    stat = path.resolve().stat()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{path.name}-{stat.st_size}-{stat.st_mtime_ns}-{torch.__version__}-{gpu}")
+    return Path(tempfile.gettempdir()) / "wan_animate_aot_loads" / key
+
+
+def probe_package_load(path: str | os.PathLike, variants: list[str], device: torch.device) -> None:
+    """Load a package's graphs in a child process, so that a loader crash ends the child, not this process.
+
+    A success is remembered per package file, torch version and GPU (`_probe_marker`); later calls return at once.
+
+    Args:
+        path: The ``.pt2`` package.
+        variants: Its graphs (``PackageInfo.variants``).
+        device: The device the graphs will run on.
+
+    Raises:
+        PackageLoadError: The child crashed, failed or timed out: what happened and what to do.
+    """
+    path = Path(path)
+    marker = _probe_marker(path, device)
+    if marker.exists():
+        return
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else -1)
+    started = time.perf_counter()
+    command = [sys.executable, "-c", _PROBE_SCRIPT, str(path), ",".join(variants), str(index)]
+    advice = "Start without the compiled blocks (no --aot-blocks), or build the package with another torch."
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        raise PackageLoadError(f"Loading the compiled blocks {path.name} took over {PROBE_TIMEOUT_S:.0f} s in a "
+                               f"test process. {advice}") from error
+    if result.returncode != 0:
+        how = (f"crashed the test process that loaded it (signal {-result.returncode})" if result.returncode < 0
+               else f"failed in a test process: {(result.stderr.strip().splitlines() or ['no message'])[-1]}")
+        raise PackageLoadError(f"torch {torch.__version__} cannot load the compiled blocks {path.name} here: its "
+                               f"loader {how}. {advice}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    logger.info("The compiled blocks %s load here (tried in a test process, %.1f s).", path.name,
+                time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Finding a package
 
 
@@ -636,16 +718,30 @@ class CompiledBlocks:
         self._scales: dict[int, tuple[tuple[float, ...], torch.Tensor]] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
         self._warned: set[str] = set()
+        self._unloadable: PackageLoadError | None = None
 
     # -- loading --------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the package's graphs in this process (done by the first call; call it to load ahead)."""
+        """Load the package's graphs in this process (done by the first call; call it to load ahead).
+
+        Raises:
+            PackageLoadError: The graphs crashed or failed a test load (`probe_package_load`).
+            WanAnimateError: The package does not match this GPU (`check_package`).
+        """
         with self._lock:
             if self._models_pid == os.getpid():
                 return
+            if self._unloadable is not None:
+                raise self._unloadable
             check_package(self.info, self.transformer)
             device = _block_weight(self.transformer.blocks[0]).device
+            if _needs_probe(device):
+                try:
+                    probe_package_load(self.path, self.info.variants, device)
+                except PackageLoadError as error:
+                    self._unloadable = error
+                    raise
             started = time.perf_counter()
             from torch._inductor.package import load_package
 
@@ -668,11 +764,12 @@ class CompiledBlocks:
         variant, scales = "plain", None
         if reason is None:
             variant, scales, reason = self._lora_state(block, layers)
+        if reason is None:
+            reason = self._load_or_reason()
         if reason is not None:
             self._warn_once(reason)
             self.calls["eager"] += 1
             return type(block).forward(block, *args, **kwargs)
-        self.load()
         model = self._models[variant]
         constants = self._block_constants(block, variant, layers)
         if self._bound.get(variant) is not constants:  # the graph is shared: bind this block's tensors
@@ -683,6 +780,14 @@ class CompiledBlocks:
         if variant == "lora":
             return model(hidden_states, encoder_hidden_states, temb, tuple(rotary_emb), lora_scales=scales)
         return model(hidden_states, encoder_hidden_states, temb, tuple(rotary_emb))
+
+    def _load_or_reason(self) -> str | None:
+        """Load the graphs; a package that failed its test load makes every block run eagerly (the reason)."""
+        try:
+            self.load()
+        except PackageLoadError as error:
+            return str(error).rstrip(".")
+        return None
 
     @staticmethod
     def _arguments(args: tuple, kwargs: dict) -> tuple | None:
@@ -817,6 +922,7 @@ def load_compiled_blocks(
 
     Raises:
         WanAnimateError: A missing, unreadable or incompatible package.
+        PackageLoadError: The GPU is here (``check_device``) and the package crashed or failed a test load.
     """
     transformer = _transformer(model)
     path = resolve_package(source, revision=revision)
@@ -825,6 +931,9 @@ def load_compiled_blocks(
         check_package(info, transformer, check_device=check_device)  # before changing the weights
         quantize_blocks_fp8(transformer)
     check_package(info, transformer, check_device=check_device)
+    device = _block_weight(transformer.blocks[0]).device
+    if check_device and _needs_probe(device):
+        probe_package_load(path, info.variants, device)  # refused now rather than at the first job
     unload_compiled_blocks(transformer)
     runtime = CompiledBlocks(transformer, path, info)
     for block in transformer.blocks:
