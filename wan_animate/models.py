@@ -77,25 +77,25 @@ class MemoryPlan:
 
 
 MEMORY_PLANS: tuple[MemoryPlan, ...] = (
-    # bf16 transformer. Figures: benchmarks/RESULTS.md section 2 (one H100 80 GB, diffusers 0.42.1, bf16 transformer
-    # and UMT5, fp32 VAE and CLIP, one 77-frame segment, 2 steps) and benchmarks/bench_memory.py (caps set with
-    # torch.cuda.set_per_process_memory_fraction). Step times there: none 3.6 s (480p) / 12.8 s (720p); group about
-    # 1.1x that; sequential 2.5x; VAE tiling costs 1.7-1.8x the VAE's time, not the steps'. A row's budget is the
+    # bf16 transformer. Figures: benchmarks/RESULTS.md section 4 (one H200, diffusers 0.42.1, caps set with
+    # torch.cuda.set_per_process_memory_fraction, one 77-frame segment, 2 steps, bf16 transformer and UMT5, fp32 VAE
+    # and CLIP) and section 2 (one H100). Step times under the caps: none 3.6 s (480p) / 12.7 s (720p); group 1.15x /
+    # 1.06x that; sequential 2.5x; VAE tiling costs 1.7-1.8x the VAE's time, not the steps'. A row's budget is the
     # usable memory of the GPUs it is for (a "48 GB" card has 44-47 GiB, a "24 GB" one 22.5-23.5 GiB), at least the
     # reserved peak measured for it. Model offload is never a plan: slower and larger than group offload (480p: 57.6
     # vs 25.9 s, 37.7 vs 13.7 GiB; the transformer is copied in and out every segment).
     MemoryPlan(75, "none", (), False,
                "H100, no cap: 720p 67.2 GiB allocated / 74.2 reserved, 480p 55.2 / 58.2 (RESULTS.md section 2)"),
     MemoryPlan(70, "none", ("720p",), False,
-               "ZeroGPU's 70 GB slice: untiled 720p reserves 74.2 GiB (section 2), over it; tiling cuts the VAE's share "
-               "(expected: bench_memory.py 720p:none:cap70:tiling)"),
+               "H200, cap 70 GiB: untiled 720p completes at 65.3 / 69.8 GiB, 480p 54.5 / 58.1 (section 4); 720p's VAE "
+               "stays tiled for the Space's LoRAs (~2.2 GB more) and a reserved peak at the cap"),
     MemoryPlan(40, "group", (), False,
-               "48 GB cards: group offload 480p 13.7 / 18.1 GiB; untiled 720p passed its 2nd VAE encode at 19.0 / 23.0 "
-               "under a 24 GiB cap (section 2); expected to complete in 40 (bench_memory.py 720p:group:cap48)"),
+               "H200, cap 48 GiB: none cannot (45.8 GiB resident); group 720p 21.8 / 31.8 GiB, 480p 13.8 / 16.8 "
+               "(section 4)"),
     MemoryPlan(22.5, "group", ("720p",), False,
-               "24 GB cards, cap 24 GiB: 720p completes only with tiling, 15.7 / 21.5 GiB; 480p 13.7 / 18.1 (section 2)"),
+               "H200, cap 24 GiB: 720p group OOM untiled, tiled 14.6 / 20.2 GiB; 480p group 13.7 / 16.7 (section 4)"),
     MemoryPlan(0, "sequential", ("480p", "720p"), False,
-               "cap 12 GiB: 480p sequential 9.6 / 10.9 GiB; group does not fit (OOM in prompt encoding; section 2)"),
+               "H100, cap 12 GiB: 480p sequential 9.6 / 10.9 GiB; group does not fit (OOM in prompt encoding; section 2)"),
     # fp8 storage (layerwise casting) halves the transformer's weights, 34 -> 17 GB (section 1: the 720p transformer
     # peaks at 26.2 instead of 42.1 GiB) at no speed change; what it buys is mode none with less memory.
     MemoryPlan(60, "none", (), True,
@@ -105,8 +105,8 @@ MEMORY_PLANS: tuple[MemoryPlan, ...] = (
     MemoryPlan(22.5, "group", ("720p",), True, "as bf16 group offload (its streamed blocks are smaller)"),
     MemoryPlan(0, "sequential", ("480p", "720p"), True, "as bf16 sequential offload"),
 )
-"""The memory policy `auto` follows: for a budget, the row with the largest ``budget_gib`` it reaches. Rows marked
-"expected" are derived from the H100 figures and wait for benchmarks/bench_memory.py's run on the H200."""
+"""The memory policy `auto` follows: for a budget, the row with the largest ``budget_gib`` it reaches. The fp8 rows
+marked "expected" are derived from the bf16 figures and wait for ``benchmarks/bench_memory.py --fp8``."""
 
 ZEROGPU_SLICE = 70 * GiB
 """GPU memory a ZeroGPU call may use: the H200 reports all its 141 GB, but a call gets a slice of about 70 GB."""
