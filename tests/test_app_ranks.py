@@ -1,16 +1,17 @@
 """The app on several processes (`wan_animate.space.ranks`): 2 ranks over gloo on the CPU, jobs through `gradio_client`.
 
 ``python app.py --demo --allow-cpu --gpus 2`` is started once for the module (``benchmarks/app_on_gpus.py``'s
-`AppProcess`, which the lead's GPU smoke runs too): torchrun's 2 processes, the session's tiny models (through the
+`AppProcess`, which the GPU smoke runs too): torchrun's 2 processes, the session's tiny models (through the
 demo cache), rank 0 serving. Checked, in this order on the one group:
 
-* a job on the two ranks gives the video of the same job in one process (the in-process `served_demo`), frame for
-  frame, also when two clients submit at once (one job at a time on the group);
+* a job on the two ranks gives the video of the same job in one process (the in-process `served_demo`), also when
+  two clients submit at once (one job at a time on the group);
 * a client's cancel ends the job on both ranks at the same step, and the next job runs;
 * SIGTERM on rank 0 during a job stops the job on both ranks, lets rank 1 go, and every process exits cleanly.
 
 The one-process reference and the ranks run with the same CPU thread count: CPU float sums (preprocessing, the tiny
-models) depend on it, and with it equal the videos are identical.
+models) depend on it (2 threads against 1 gave videos 0.5 levels apart on average); with it equal the videos were
+identical here.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytest_plugins = ["tests.e2e_fixtures"]  # the in-process served app, tiny model
 
 START_TIMEOUT = 180  # seconds; a group that does not come up must fail the test, not hang it
 LOG_TIMEOUT = 60
-LONG_STEPS = 20  # a job that is surely still running when the client's cancel or the SIGTERM lands
+LONG_STEPS = 12  # a job that is surely still running when the client's cancel or the SIGTERM lands
 CHARACTER, DANCE = REPO / "assets" / "character.jpg", REPO / "assets" / "dance.mp4"  # 4 s: 2 segments
 
 
@@ -199,7 +200,10 @@ def test_a_job_on_two_ranks_gives_the_one_process_video(two_ranks, served_app, t
     for video, _, details in runs:
         assert details["complete"] and details["seed"] == one_process["seed"] == 7
         assert details["segments_total"] == 2
-        assert frame_difference(video, reference) == {"max": 0, "mean": 0.0}
+        # Identical here (max 0). The split gives the linear layers' matmuls other shapes, which another CPU may
+        # round differently (test_parallel allows 1 level before encoding) and H.264 spreads such a level over its
+        # block; other conditioning or another seed differs by tens of levels on average.
+        assert frame_difference(video, reference)["mean"] <= 0.05
     log = two_ranks.log_text()
     for rank in (0, 1):  # the transformer's tokens were split over both ranks
         assert f"[rank {rank}] INFO wan_animate: Context parallelism on 2 ranks" in log

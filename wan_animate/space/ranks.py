@@ -66,11 +66,9 @@ def relaunch_on_gpus(count: int, script: str | Path, argv: Sequence[str], config
     if torch.cuda.is_available():
         visible = torch.cuda.device_count()
         if count > visible:
-            raise WanAnimateError(
-                f"--gpus {count} asks for more GPUs than this machine shows ({visible}"
-                f"{', CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'] if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}): "
-                f"use --gpus {visible} or fewer."
-            )
+            mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+            shown = f"{visible}, CUDA_VISIBLE_DEVICES={mask}" if mask is not None else str(visible)
+            raise WanAnimateError(f"--gpus {count} asks for more GPUs than this machine shows ({shown}): use --gpus {visible} or fewer.")
     elif not config.allow_cpu:
         raise WanAnimateError(
             f"--gpus {count} needs {count} CUDA GPUs and none is visible. (To try several processes on the CPU with "
