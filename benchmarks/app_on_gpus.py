@@ -163,18 +163,30 @@ def frame_difference(path: Path, reference: Path) -> dict:
 
 def run(app_args: list[str], folder: Path, output: Path, env: dict[str, str], budget: float, steps: int, seed: int) -> dict:
     """Serve the app with ``app_args`` (its jobs in ``folder``; its log ``output``.log and the result under
-    ``output``/), run one job, stop it; what happened, as a JSON-ready dict."""
+    ``output``/), run one job, stop it; what happened, as a JSON-ready dict (a failure as ``error``, with the
+    log's end printed)."""
     folder.mkdir()
     env = {**env, "GRADIO_TEMP_DIR": str(folder / "gradio")}  # its own: a closing app deletes its cached files
     args = ["--demo", "--preload", "--work-dir", str(folder / "jobs"), *app_args]
-    started = time.monotonic()
     log = output.with_suffix(".log")
-    app = AppProcess.start(args, log, env=env, timeout=budget)
-    record: dict = {"app": f"app.py {' '.join(args)}", "log": str(log), "start_s": round(time.monotonic() - started, 1)}
+    record: dict = {"app": f"app.py {' '.join(args)}", "log": str(log)}
+    started = time.monotonic()
+    try:
+        app = AppProcess.start(args, log, env=env, timeout=budget)
+    except RuntimeError as error:
+        print(error, flush=True)
+        return {**record, "error": "did not start"}
+    record["start_s"] = round(time.monotonic() - started, 1)
     try:
         video, seconds, details = animate_oneshot(app.url, output, steps=steps, seed=seed)
-        record.update(result=str(video), job_s=round(seconds, 2), frames=details["frames"], segments=details["segments_total"], seed=details["seed"])
+        record.update(
+            result=str(video), job_s=round(seconds, 2), generation_s=details.get("seconds"), frames=details["frames"],
+            segments=details["segments_total"], seed=details["seed"],
+        )
         print(f"{' '.join(app_args)}: {video} ({details['frames']} frames, {details['segments_total']} segments) in {seconds:.1f} s", flush=True)
+    except Exception as error:  # the app's own sentence, or the client's; the log says more
+        record["error"] = f"{type(error).__name__}: {error}"
+        print(f"{' '.join(app_args)}: {record['error']}\n{app.log_tail()}", flush=True)
     finally:
         record["exit_status"] = app.stop()
         record["followers_let_go"] = app.log_text().count(FOLLOWER_EXIT)
@@ -212,23 +224,25 @@ def main() -> None:
             results["one_process"] = run(cpu, Path(scratch) / "one", logs / "app_on_gpus_1", **common)
         several = [*cpu, "--gpus", str(args.gpus)]
         results["several"] = run(several, Path(scratch) / "several", logs / f"app_on_gpus_{args.gpus}", **common)
-        if not args.no_compare:
+        if not args.no_compare and "result" in results["several"] and "result" in results["one_process"]:
             results["difference"] = frame_difference(Path(results["several"]["result"]), Path(results["one_process"]["result"]))
     results["total_s"] = round(time.monotonic() - started, 1)
     args.json.write_text(json.dumps(results, indent=2))
 
     print(f"\nJSON: {args.json}")
-    print("| run | start (s) | job (s) | frames | exit status | followers let go |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| run | start (s) | job (s) | of it generation (s) | frames | exit status | followers let go | error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for label in ("one_process", "several"):
         if label in results:
             row = results[label]
             name = "1 process" if label == "one_process" else f"{args.gpus} processes"
-            print(f"| {name} | {row['start_s']} | {row['job_s']} | {row['frames']} | {row['exit_status']} | {row['followers_let_go']} |")
+            cells = [row.get(key, "") for key in ("start_s", "job_s", "generation_s", "frames", "exit_status", "followers_let_go", "error")]
+            print(f"| {name} | " + " | ".join(str(cell) for cell in cells) + " |")
     if "difference" in results:
         print(f"\nFrames, {args.gpus} processes vs 1 (uint8 levels): {results['difference']}")
-    healthy = results["several"]["exit_status"] == 0 and results["several"]["followers_let_go"] == args.gpus - 1
-    print("OK" if healthy else "FAILED: not every process exited cleanly (see the app logs)")
+    several = results["several"]
+    healthy = "error" not in several and several.get("exit_status") == 0 and several.get("followers_let_go") == args.gpus - 1
+    print("OK" if healthy else "FAILED: the job failed or not every process exited cleanly (see the app logs)")
     sys.exit(0 if healthy else 1)
 
 
