@@ -5,6 +5,7 @@ endpoint (for `gradio_client`) and an MCP tool, described by its docstring.
 
     python app.py --help
     python app.py --demo      # no GPU, no downloads: tiny random models on the CPU (the videos are noise)
+    python app.py --gpus 2    # every job split over 2 GPUs (or: torchrun --standalone --nproc-per-node 2 app.py)
 """
 
 # `spaces` first: on ZeroGPU it must patch CUDA before torch is imported (elsewhere `spaces.GPU` is a no-op).
@@ -13,6 +14,7 @@ import spaces  # noqa: F401  isort: skip
 import argparse
 import logging
 import os
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +24,19 @@ import gradio as gr
 from wan_animate import validation
 from wan_animate.jobs import DEFAULT_CLEAN_INTERVAL_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_BYTES
 from wan_animate.models import DEFAULT_MODEL_ID
+from wan_animate.parallel import ParallelContext
 from wan_animate.picker import describe_clicks
 from wan_animate.presets import DEFAULT_FAST_LORA, available_presets, get_preset
 from wan_animate.space import PREVIEWS, AppConfig, Studio
 from wan_animate.space.components import Dropdown, PhotoFile, Radio, Slider
+from wan_animate.space.ranks import (
+    GPUS_VARIABLE,
+    follow_leader,
+    join_ranks,
+    lead_followers,
+    log_prefix,
+    relaunch_on_gpus,
+)
 from wan_animate.space.zerogpu import on_zerogpu
 from wan_animate.video import DEFAULT_MAX_SECONDS
 
@@ -169,7 +180,10 @@ def _build_tab(studio: Studio, mode: str) -> _Tab:
             step_cache = Dropdown(
                 [("Off", "none"), ("First-block cache", "first_block"), ("TaylorSeer (lite)", "taylorseer")],
                 value="none", label="Step cache (experimental)",
-                info="Skips parts of some steps: ~1.6x faster at 480p; its quality cost is not known yet. Off in the fast preset.",
+                # Each GPU would skip different steps and they would drift apart (`parallel.share_job` refuses it).
+                interactive=studio.parallel is None,
+                info="Skips parts of some steps: ~1.6x faster at 480p; its quality cost is not known yet. Off in the fast preset."
+                if studio.parallel is None else "Off with several GPUs: each would skip different steps.",
             )
         with gr.Row():
             color_match = gr.Checkbox(label="Colour consistency across segments", value=False)
@@ -320,9 +334,12 @@ def _wire_tab(studio: Studio, tab: _Tab, runtime: gr.Markdown) -> None:
     )
 
 
-def build_demo(config: AppConfig) -> gr.Blocks:
-    """The page: title, runtime line, then the Animation and Replacement tabs, each with its example first."""
-    studio = Studio(config)
+def build_demo(config: AppConfig, parallel: ParallelContext | None = None) -> gr.Blocks:
+    """The page: title, runtime line, then the Animation and Replacement tabs, each with its example first.
+
+    ``parallel``: rank 0's place among several processes (`wan_animate.space.ranks`); its generations use them all.
+    """
+    studio = Studio(config, parallel)
     # Gradio's copies of uploads, previews and results are deleted on the jobs' timer and age limit.
     copies_age = int(config.max_job_age or DEFAULT_MAX_AGE_SECONDS)
     with gr.Blocks(title="Wan2.2-Animate", delete_cache=(int(config.clean_interval), copies_age)) as demo:
@@ -367,7 +384,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
     parser.add_argument("--max-job-gb", type=MAX_JOB_GB.parse, default=env("WAN_ANIMATE_MAX_JOB_GB", f"{DEFAULT_MAX_BYTES / 2**30:g}"), metavar="GIB", help=f"Delete the least recently used jobs beyond this size; 0 = no size limit (default {DEFAULT_MAX_BYTES / 2**30:g}; env WAN_ANIMATE_MAX_JOB_GB).")
     parser.add_argument("--clean-every", type=CLEAN_EVERY.parse, default=env("WAN_ANIMATE_CLEAN_MINUTES", f"{DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}"), metavar="MINUTES", help=f"Minutes between cleanings of the jobs folder (default {DEFAULT_CLEAN_INTERVAL_SECONDS / 60:g}; env WAN_ANIMATE_CLEAN_MINUTES).")
     parser.add_argument("--keep-results", type=KEEP_RESULTS.parse, default=env("WAN_ANIMATE_KEEP_RESULTS", "1"), metavar="N", help="Results each job keeps; older ones are deleted (default 1; env WAN_ANIMATE_KEEP_RESULTS).")
-    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=ON_ZEROGPU, help="Load the pipeline and its LoRAs at start (default: on ZeroGPU only).")
+    parser.add_argument("--preload", action=argparse.BooleanOptionalAction, default=ON_ZEROGPU, help="Load the pipeline and its LoRAs at start (default: on ZeroGPU only; always with several GPUs).")
+    parser.add_argument("--gpus", type=int, default=int(env(GPUS_VARIABLE, "1")), metavar="N", help=f"Split every job over N GPUs of this machine: starts N processes under torchrun, one per GPU (the same as torchrun --standalone --nproc-per-node N app.py; env {GPUS_VARIABLE}). Without CUDA only with --allow-cpu (CPU processes, tiny test models).")
     args = parser.parse_args(argv)
     config = AppConfig(
         model=args.model, detector=args.detector, pose_model=args.pose_model, sam2=args.sam2,
@@ -381,18 +399,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Names
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Start the app (``python app.py --help``)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Start the app (``python app.py --help``). Under torchrun with several processes process 0 serves the page
+    and the others follow its generations (`wan_animate.space.ranks`)."""
+    logging.basicConfig(level=logging.INFO, format=f"{log_prefix()}%(levelname)s %(name)s: %(message)s")
     config, args = parse_args(argv)
-    with ExitStack() as demo_mode:
+    relaunch_on_gpus(args.gpus, __file__, sys.argv[1:] if argv is None else argv, config)
+    with ExitStack() as stack:
         if args.demo:
             from wan_animate.demo import demo_models, demo_sizes
 
             config = config.with_tiny_models(demo_models())
-            demo_mode.enter_context(demo_sizes())
-        demo = build_demo(config)
-        if config.preload:
-            demo.studio.preload()
+            stack.enter_context(demo_sizes())
+        parallel = stack.enter_context(join_ranks(config))
+        if parallel is not None and parallel.is_follower:
+            follow_leader(config, parallel)
+            return
+        demo = build_demo(config, parallel)
+        stack.enter_context(lead_followers(parallel, demo.studio))
+        if config.preload or parallel is not None:
+            demo.studio.preload()  # with several GPUs every process loads at start, the followers too
         # No allowed_paths: the jobs folder is never served; the page gets Gradio's copies of what it shows (the
         # previews, the result, and the growing video after each segment).
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=True)

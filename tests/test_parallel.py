@@ -98,6 +98,17 @@ def test_single_process_share_job_only_draws_the_seed():
     assert share_job(None, conditioning, GenerationSettings(seed=5)).settings.seed == 5
 
 
+def test_share_job_refuses_a_step_cache_with_several_processes():
+    from wan_animate.errors import WanAnimateError
+    from wan_animate.generate import GenerationSettings
+    from wan_animate.parallel import ParallelContext, share_job
+
+    # Refused before anything is sent: the context has no group to send on.
+    several = ParallelContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), control_group=None)
+    with pytest.raises(WanAnimateError, match="step cache cannot be used with several GPUs"):
+        share_job(several, _conditioning("animate"), GenerationSettings(step_cache="first_block"))
+
+
 # -- Two processes ------------------------------------------------------------------------------------
 
 

@@ -595,11 +595,16 @@ def share_job(
         max_segments: As given to `generate_video`: every rank stops after as many segments.
 
     Raises:
-        WanAnimateError: The settings or the conditioning are invalid, or ``state_dir`` holds another job's
-            state (nothing was sent).
+        WanAnimateError: The settings or the conditioning are invalid, a step cache is asked for with several
+            processes, or ``state_dir`` holds another job's state (nothing was sent).
     """
     settings = settings or GenerationSettings()
     settings.check()
+    if parallel is not None and settings.step_cache != "none":
+        raise WanAnimateError(
+            "A step cache cannot be used with several GPUs: each would decide on its own which steps to skip, and "
+            "they would drift apart. Turn the step cache off."
+        )
     conditioning.validate()
     resume = load_checkpoint(state_dir, conditioning, settings) if state_dir is not None else None
     if resume is not None:

@@ -19,6 +19,10 @@ extraction's call as a plain argument), and the jobs folder is cleaned in the ap
 use (`JobStore.use`) through all the calls of its generation. A job being extracted in a worker is not marked in
 use there; as the newest job it is the last one the size limit would remove.
 
+With several processes (`ranks`: torchrun, one per GPU) the Studio runs on rank 0, and each generation call
+sends its job to the other ranks (`wan_animate.parallel.share_job`, then `enable_context_parallel`) and generates
+with them, one job at a time (the one GPU slot); a stop reaches them at the next step's report.
+
 Jobs belong to the session (browser tab or API client) that extracted them (`JobRecord.owner`): every action that
 takes a job id opens it through `Studio._open_job`, which refuses another session's job. The jobs folder is
 never served: the page gets Gradio's copies of the previews, the results and the growing video.
@@ -40,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import gradio.utils
@@ -52,6 +56,7 @@ from ..generate import GenerationResult, GenerationSettings, SegmentUpdate, gene
 from ..jobs import Cleaner, Job, JobStore
 from ..lora import RELIGHT_REPO
 from ..models import describe_runtime, get_pipeline
+from ..parallel import ParallelContext, enable_context_parallel, share_job
 from ..picker import (
     click_at,
     conditioning_size,
@@ -91,6 +96,9 @@ from .zerogpu import (
     refusal_message,
     stop_file_event,
 )
+
+if TYPE_CHECKING:
+    from diffusers import WanAnimatePipeline
 
 logger = logging.getLogger("wan_animate.app")
 
@@ -220,10 +228,13 @@ class Studio:
 
     Args:
         config: How the app was started.
+        parallel: Rank 0's place among several processes (`wan_animate.space.ranks`), or ``None`` in one process.
+            Every generation is then shared with the other ranks, one at a time.
     """
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, parallel: ParallelContext | None = None) -> None:
         self.config = config
+        self.parallel = parallel
         sources = {"detector": config.detector, "pose": config.pose_model, "sam2": config.sam2}
         self.preprocessor = Preprocessor(**{key: value for key, value in sources.items() if value})
         self.work_root = jobs_folder(config.work_dir)
@@ -233,8 +244,10 @@ class Studio:
         logger.info("Jobs folder cleaned every %g min; each job keeps its last %d result(s).", config.clean_interval / 60, config.keep_results)
         self.fast_available = bool(config.fast_lora)
         # Guards against a GPU job starting while a stopped one is still finishing its step (Gradio frees
-        # its queue slot at once).
-        self._gpu_slots = threading.BoundedSemaphore(config.gpu_concurrency)
+        # its queue slot at once). With several processes it is what keeps two jobs' messages to the other ranks
+        # from interleaving: one slot (`ranks.join_ranks` refuses more).
+        self._gpu_slot_count = 1 if parallel is not None else config.gpu_concurrency
+        self._gpu_slots = threading.BoundedSemaphore(self._gpu_slot_count)
         self._lora_lock = threading.Lock()
         self._cancel_lock = threading.Lock()
         self._running: dict[str, Running] = {}
@@ -659,8 +672,30 @@ class Studio:
     def preload(self) -> None:
         """Load the pipeline and the LoRAs the app uses now, before the first job (``--preload``; on ZeroGPU the
         models must be in the app's process before its first GPU call, and LoRAs loaded in a call's worker process
-        would be loaded again in every call)."""
+        would be loaded again in every call; with several processes every rank loads the same at start,
+        `ranks.follow_leader`)."""
         self._ready_pipeline("replace", GenerationSettings(relight=True), lambda done, total, description: None)
+
+    def stop_generations(self) -> None:
+        """Stop every running generation after its current step (the app is exiting). Takes no lock, so a signal
+        handler may call it."""
+        for running in list(self._running.values()):
+            running.stop()
+
+    def close(self, timeout: float = STOP_WAIT_SECONDS) -> bool:
+        """At the app's exit: stop the cleaner and the running generations (after their current step), and keep new
+        ones from starting. With several processes rank 0 does this before it lets the other ranks go
+        (`ranks.lead_followers`): a generation still sharing its steps with them would meet that message.
+
+        Returns:
+            Whether the GPU is free: every generation ended within ``timeout`` seconds (none starts after this).
+        """
+        self.cleaner.stop()
+        self.stop_generations()
+        deadline = time.monotonic() + timeout
+        return all(
+            self._gpu_slots.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in range(self._gpu_slot_count)
+        )
 
     @property
     def default_preset(self) -> str:
@@ -700,7 +735,10 @@ class Studio:
 
     def runtime_markdown(self) -> str:
         """Where the model runs (GPU, memory mode, dtype), or what will be used before it is loaded."""
-        return describe_runtime(**self.config.pipeline_kwargs())
+        runtime = describe_runtime(**self.config.pipeline_kwargs())
+        if self.parallel is None:
+            return runtime
+        return f"{runtime} · on {self.parallel.world_size} processes, every job split over all of them, one job at a time"
 
     def video_info(self, video: str | None, start: float, end: float | None, fps: str = "30") -> tuple[str, dict, float | None]:
         """A line about the uploaded video, the frame slider's range, and the end trim to show."""
@@ -1017,9 +1055,18 @@ class Studio:
                         raise GenerationCancelled("Stopped before generation started.")
                     pipeline = self._ready_pipeline(job.record.mode, settings, progress)
                     progress(0, 0, "Encoding the prompt and the inputs")
+                    conditioning = job.load_conditioning()
+                    # With several processes: the job goes to the other ranks, and the steps' reports carry the
+                    # stop to them (a ZeroGPU call's deadline never meets this: ZeroGPU runs one process).
+                    shared = share_job(
+                        self.parallel, conditioning, settings, progress=progress, cancel=cancel, state_dir=state_dir,
+                        max_segments=call.segments,
+                    )
+                    if self.parallel is not None:
+                        enable_context_parallel(pipeline, self.parallel.options)
                     result = generate_video(
-                        pipeline, job.load_conditioning(), state_dir / GENERATION_VIDEO, settings, progress=progress,
-                        cancel=cancel, state_dir=state_dir, max_segments=call.segments,
+                        pipeline, conditioning, state_dir / GENERATION_VIDEO, shared.settings, progress=shared.progress,
+                        cancel=shared.cancel, state_dir=state_dir, max_segments=call.segments,
                         deadline=None if call.budget is None else started + call.budget, on_segment=report,
                     )
                 finally:
@@ -1034,17 +1081,10 @@ class Studio:
             yield from stream_thread(functools.partial(work, cancel=cancel), cancel)
 
     def _ready_pipeline(self, mode: str, settings: GenerationSettings, progress: Callable[[float, float, str], None]):
-        """The pipeline with the LoRAs this job uses loaded, each load under its own label (at once when loaded)."""
-        progress(0, 0, "Loading the model")  # a first load reports its own stages
-        pipeline = get_pipeline(**self.config.pipeline_kwargs(), progress=progress)
+        """The pipeline with the LoRAs this job uses loaded (`app_pipeline`; at once when loaded)."""
+        relight = settings.relight if settings.relight is not None else mode == "replace"
         with self._lora_lock:
-            if self.fast_available:
-                progress(0, 0, "Loading the few-step LoRA")
-                ensure_fast_lora(pipeline, self.config.fast_lora)
-            if settings.relight if settings.relight is not None else mode == "replace":
-                progress(0, 0, "Loading the relighting LoRA")
-                ensure_relighting_lora(pipeline, self.config.relight_lora or RELIGHT_REPO)
-        return pipeline
+            return app_pipeline(self.config, relight=relight, progress=progress)
 
     def _finish(self, run: _Run, result: GenerationResult, seconds: float, progress: PageProgress) -> tuple:
         """The finished job's outputs: the video and its side-by-side become the job's newest result (it keeps
@@ -1113,6 +1153,25 @@ class Studio:
 
     def _report(self, job: Job) -> dict:
         return {"job_id": job.id, "mode": job.record.mode, "resolution": job.record.resolution, **(job.record.report or {})}
+
+
+def app_pipeline(
+    config: AppConfig, *, relight: bool, progress: Callable[[float, float, str], None] | None = None
+) -> WanAnimatePipeline:
+    """The app's pipeline (`AppConfig.pipeline_kwargs`, `get_pipeline`'s one) with the LoRAs a job needs loaded:
+    the few-step LoRA when the app has one, the relighting LoRA when ``relight``; each load under its own label,
+    at once when loaded. Callers that share the pipeline between threads hold a lock around it.
+    """
+    progress = progress or (lambda done, total, description: None)
+    progress(0, 0, "Loading the model")  # a first load reports its own stages
+    pipeline = get_pipeline(**config.pipeline_kwargs(), progress=progress)
+    if config.fast_lora:
+        progress(0, 0, "Loading the few-step LoRA")
+        ensure_fast_lora(pipeline, config.fast_lora)
+    if relight:
+        progress(0, 0, "Loading the relighting LoRA")
+        ensure_relighting_lora(pipeline, config.relight_lora or RELIGHT_REPO)
+    return pipeline
 
 
 def jobs_folder(work_dir: str | Path | None) -> Path:
