@@ -117,8 +117,9 @@ compilation per resolution. Not on ZeroGPU: its slice is smaller, and every call
 
 
 def on_zerogpu() -> bool:
-    """Whether this process runs on a ZeroGPU Space (``SPACES_ZERO_GPU``, set by the platform)."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+    """Whether this process runs on a ZeroGPU Space (``SPACES_ZERO_GPU``, set by the platform; read as `spaces`
+    reads it)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
 def gpu_memory_budget(device: str | torch.device) -> tuple[int, str]:

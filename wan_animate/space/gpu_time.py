@@ -65,7 +65,7 @@ def extract_seconds(arguments: dict[str, Any]) -> float:
     if arguments.get("draft"):
         start, end = draft_span(start, end, fps or info.fps)
     frames = estimate_frames(info.duration, info.fps, fps, start, end)
-    return estimate_preprocess_seconds(frames, arguments.get("mode") or _mode(arguments))
+    return estimate_preprocess_seconds(frames, arguments["mode"])
 
 
 def segment_seconds(resolution: str, settings: GenerationSettings, checkpoint: Checkpoint | None = None) -> float:
@@ -94,8 +94,3 @@ def describe_generation(frames: int, resolution: str, settings: GenerationSettin
     line = f"**Generation on ZeroGPU:** {plan.describe()} of at most {MAX_CALL_SECONDS} s ({job})."
     warning = quota_warning(plan.seconds)
     return f"{line}\n\n⚠️ {warning}" if warning else line
-
-
-def _mode(arguments: dict[str, Any]) -> str:
-    """Only Animation's extraction endpoint has ``retarget``; only Replacement's has the mask settings."""
-    return "animate" if "retarget" in arguments else "replace"

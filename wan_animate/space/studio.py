@@ -69,6 +69,7 @@ from ..picker import (
     to_point_prompts,
 )
 from ..preprocess import Preprocessed, PreprocessOptions, Preprocessor
+from ..progress import ProgressCallback, no_progress
 from ..presets import (
     DRAFT_RESOLUTION,
     draft_settings,
@@ -640,14 +641,12 @@ class Studio:
 
     # -- page helpers (not API endpoints) -------------------------------------------------------------
 
+    @user_errors
     def job_previews(self, mode: str, job_id: str, request: gr.Request = None) -> tuple:
         """The preview panes, the report and its JSON of the job the page shows; all empty without a job."""
         if not job_id:
             return (*(None for _ in PREVIEWS[mode]), "", None)
-        try:
-            return self._extraction_outputs(self._open_job(job_id, request, mode))[:-1]
-        except WanAnimateError as error:
-            raise gr.Error(str(error), print_exception=False) from error
+        return self._extraction_outputs(self._open_job(job_id, request, mode))[:-1]
 
     def stop(self, mode: str, request: gr.Request = None) -> Iterator[str]:
         """Stop this browser tab's running generation in ``mode`` after its current step, then say how far it got.
@@ -674,7 +673,8 @@ class Studio:
         models must be in the app's process before its first GPU call, and LoRAs loaded in a call's worker process
         would be loaded again in every call; with several processes every rank loads the same at start,
         `ranks.follow_leader`)."""
-        self._ready_pipeline("replace", GenerationSettings(relight=True), lambda done, total, description: None)
+        with self._lora_lock:
+            app_pipeline(self.config, relight=True)
 
     def stop_generations(self) -> None:
         """Stop every running generation after its current step (the app is exiting). Takes no lock, so a signal
@@ -1155,14 +1155,11 @@ class Studio:
         return {"job_id": job.id, "mode": job.record.mode, "resolution": job.record.resolution, **(job.record.report or {})}
 
 
-def app_pipeline(
-    config: AppConfig, *, relight: bool, progress: Callable[[float, float, str], None] | None = None
-) -> WanAnimatePipeline:
+def app_pipeline(config: AppConfig, *, relight: bool, progress: ProgressCallback = no_progress) -> WanAnimatePipeline:
     """The app's pipeline (`AppConfig.pipeline_kwargs`, `get_pipeline`'s one) with the LoRAs a job needs loaded:
     the few-step LoRA when the app has one, the relighting LoRA when ``relight``; each load under its own label,
     at once when loaded. Callers that share the pipeline between threads hold a lock around it.
     """
-    progress = progress or (lambda done, total, description: None)
     progress(0, 0, "Loading the model")  # a first load reports its own stages
     pipeline = get_pipeline(**config.pipeline_kwargs(), progress=progress)
     if config.fast_lora:

@@ -13,7 +13,6 @@ the app's events do not reach: a stop reaches it through a file in the job's sta
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,17 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WanAnimateError
-from ..presets import GPU_HEADROOM
+from ..models import on_zerogpu
+from ..presets import GPU_HEADROOM, gpu_duration
 from ..progress import format_minutes
 
 MAX_CALL_SECONDS = 300
 """The longest duration a ZeroGPU call may ask for (larger requests are refused with "ZeroGPU illegal
 duration"): `spaces` 0.51's ``client.schedule``; Hugging Face staff: "5 minutes is the maximum time that can be
 requested at once"."""
-
-HEADROOM = GPU_HEADROOM
-"""A call asks for its estimate times this (as every `spaces.GPU` duration does): a call that runs past its
-duration is aborted by the platform."""
 
 CALL_START_SECONDS = 20.0
 """Seconds of a call outside its segments: the worker's start (a fork of the app's process, the weights moved
@@ -43,11 +39,6 @@ PRO_DAILY_SECONDS = 40 * 60
 FREE_DAILY_SECONDS = PRO_DAILY_SECONDS // 8
 """A free account's daily quota, assumed: Hugging Face's ZeroGPU page says PRO users get 8x the daily quota of
 free ones. Visitors without an account get less; the platform does not tell an app a visitor's quota."""
-
-
-def on_zerogpu() -> bool:
-    """Whether this process runs on ZeroGPU (the variable `spaces` itself reads)."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
 @dataclass(frozen=True)
@@ -80,11 +71,9 @@ class CallPlan:
 
     Attributes:
         calls: The calls, in order (every one asks for at most `MAX_CALL_SECONDS`).
-        segment_seconds: The estimated GPU seconds of one segment the plan used.
     """
 
     calls: tuple[GpuCall, ...]
-    segment_seconds: float
 
     @property
     def seconds(self) -> int:
@@ -98,15 +87,16 @@ class CallPlan:
 
 
 def call_seconds(segments: int, segment_seconds: float) -> int:
-    """The duration a call of ``segments`` segments asks for: the estimate with its start, times `HEADROOM`."""
-    return math.ceil(HEADROOM * (CALL_START_SECONDS + segments * segment_seconds))
+    """The duration a call of ``segments`` segments asks for: the estimate with its start, as every `spaces.GPU`
+    duration (`presets.gpu_duration`: times `GPU_HEADROOM`, since a call that runs past its duration is aborted)."""
+    return gpu_duration(CALL_START_SECONDS + segments * segment_seconds, minimum=0)
 
 
 def segments_per_call(segment_seconds: float) -> int:
     """The most whole segments one call of at most `MAX_CALL_SECONDS` holds (0: not even one)."""
     if segment_seconds <= 0:
         raise ValueError(f"A segment's seconds must be positive, got {segment_seconds}.")
-    fit = math.floor((MAX_CALL_SECONDS / HEADROOM - CALL_START_SECONDS) / segment_seconds)
+    fit = math.floor((MAX_CALL_SECONDS / GPU_HEADROOM - CALL_START_SECONDS) / segment_seconds)
     while fit > 0 and call_seconds(fit, segment_seconds) > MAX_CALL_SECONDS:  # rounding up may tip it over
         fit -= 1
     return fit
@@ -128,7 +118,7 @@ def plan_calls(segments_left: int, segment_seconds: float) -> CallPlan:
         )
     sizes = [per_call] * (segments_left // per_call) + ([segments_left % per_call] if segments_left % per_call else [])
     calls = tuple(GpuCall(segments=size, seconds=call_seconds(size, segment_seconds)) for size in sizes)
-    return CallPlan(calls=calls, segment_seconds=segment_seconds)
+    return CallPlan(calls=calls)
 
 
 def quota_warning(seconds: float) -> str | None:
@@ -191,7 +181,6 @@ def refusal_message(error: BaseException) -> str:
 __all__ = [
     "CALL_START_SECONDS",
     "FREE_DAILY_SECONDS",
-    "HEADROOM",
     "LOCAL_CALL",
     "MAX_CALL_SECONDS",
     "PRO_DAILY_SECONDS",
