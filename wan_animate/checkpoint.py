@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .conditioning import Conditioning
+from .conditioning import VIDEO_FIELDS, Conditioning
 from .errors import WanAnimateError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -53,7 +53,7 @@ def job_fingerprint(conditioning: Conditioning, settings: dict[str, Any]) -> str
     }
     digest.update(json.dumps(described, sort_keys=True, default=repr).encode())
     digest.update(np.ascontiguousarray(conditioning.reference_image).tobytes())
-    for name in ("pose_frames", "face_frames", "background_frames", "mask_frames"):
+    for name in VIDEO_FIELDS:
         frames = getattr(conditioning, name)
         if frames is not None:
             digest.update(np.ascontiguousarray(frames[0]).tobytes())

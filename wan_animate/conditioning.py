@@ -202,7 +202,7 @@ class Conditioning:
             WanAnimateError: A file is missing or the contents don't fit together.
         """
         lazy = cls.open(folder, mode=mode, fps=fps)
-        arrays = {name: np.asarray(getattr(lazy, name)) for name in _VIDEO_FIELDS if getattr(lazy, name) is not None}
+        arrays = {name: np.asarray(getattr(lazy, name)) for name in VIDEO_FIELDS if getattr(lazy, name) is not None}
         return replace(lazy, **arrays)
 
     @classmethod
@@ -243,7 +243,8 @@ class Conditioning:
         )
 
 
-_VIDEO_FIELDS = ("pose_frames", "face_frames", "background_frames", "mask_frames")
+VIDEO_FIELDS = ("pose_frames", "face_frames", "background_frames", "mask_frames")
+"""The conditioning's video fields, in the order they are read and fingerprinted."""
 FRAME_TYPES = (np.ndarray, VideoFrames)
 """What a frame field may be: frames in memory, or frames in their file."""
 

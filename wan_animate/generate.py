@@ -264,7 +264,6 @@ class SegmentUpdate:
         total_frames: Frames of the whole clip.
         video_path: The growing mp4, re-assembled (not re-encoded) with every finished segment.
         seconds: This segment's wall time (GPU side: preparing, encoding, steps, decoding).
-        step_seconds: Median seconds of a denoising step in this call.
     """
 
     index: int
@@ -273,7 +272,6 @@ class SegmentUpdate:
     total_frames: int
     video_path: Path
     seconds: float
-    step_seconds: float
 
 
 @dataclass
@@ -410,7 +408,6 @@ class _Segment:
     overlap: torch.Tensor
     generator_state: torch.Tensor
     times: SegmentTimes
-    step_seconds: float
 
 
 class _Output:
@@ -508,7 +505,6 @@ class _VideoOutput(_Output):
             total_frames=self.plan.num_frames,
             video_path=self.path,
             seconds=segment.times.total,
-            step_seconds=segment.step_seconds,
         )
 
     def poll(self) -> None:
@@ -669,7 +665,6 @@ def _segment_loop(
     Progress is reported at every phase and step (the same calls on every rank of a context-parallel run,
     which agree on stopping through them); the cancel event is checked after each report.
     """
-    this_call: list[float] = []  # step seconds measured in this call
     done = segments.start
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan_animate_inputs") as inputs_worker:
         next_inputs = inputs_worker.submit(model.load_inputs, segments.start)
@@ -698,7 +693,6 @@ def _segment_loop(
 
                 def on_step(step: int) -> None:
                     times.steps.append(watch.lap())
-                    this_call.append(times.steps[-1])
                     output.poll()
                     tracker.step(index, step)
                     watch.restart()
@@ -720,7 +714,7 @@ def _segment_loop(
                 output.add(
                     _Segment(
                         index=index, frames=frames, overlap=previous.cpu(), generator_state=model.generator.get_state(),
-                        times=times, step_seconds=statistics.median(this_call),
+                        times=times,
                     )
                 )
                 done = index + 1

@@ -558,10 +558,11 @@ def apply_memory_mode(pipe: "WanAnimatePipeline", mode: str, device: str | torch
             getattr(pipe, name).to(device)
 
 
-def _auto_mode(device: torch.device, fp8_storage: bool) -> tuple[str, str]:
+def _auto_mode(device: torch.device, fp8_storage: bool, budget: tuple[int, str] | None = None) -> tuple[str, str]:
+    """The mode `auto` picks and why; ``budget``: `gpu_memory_budget`'s reading when the caller has one."""
     if device.type != "cuda":
         return "none", "on the CPU there is no GPU memory to manage"
-    budget, where = gpu_memory_budget(device)
+    budget, where = budget or gpu_memory_budget(device)
     mode, reason = choose_memory_mode(budget, fp8_storage)
     return mode, f"{reason} ({where})"
 
@@ -728,10 +729,11 @@ def load_pipeline(
 
     report(3, "Placing the model on the GPU" if device.type == "cuda" else "Preparing the model on the CPU")
     # Read before placing anything: the budget is the memory the pipeline may take.
-    budget = gpu_memory_budget(device)[0] if device.type == "cuda" else 0
-    plan = choose_memory_plan(budget, fp8_storage) if device.type == "cuda" else None
+    measured = gpu_memory_budget(device) if device.type == "cuda" else None
+    budget = measured[0] if measured else 0
+    plan = choose_memory_plan(budget, fp8_storage) if measured else None
     if memory_mode == "auto":
-        memory_mode, reason = _auto_mode(device, fp8_storage)
+        memory_mode, reason = _auto_mode(device, fp8_storage, measured)
     elif device.type == "cpu":
         reason = "on the CPU there is no GPU memory to manage"
     else:

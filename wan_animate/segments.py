@@ -214,7 +214,7 @@ class SegmentModel:
         )
         return EncodedSegment(
             pose_latents=pose_latents.to(self.transformer_dtype),
-            face=inputs.face.to(device).to(self.transformer_dtype),
+            face=inputs.face.to(device, self.transformer_dtype),
             reference_latents=torch.cat([job.reference_image_latents, condition_latents], dim=2),
         )
 
@@ -237,6 +237,8 @@ class SegmentModel:
             device=self.device,
             generator=self.generator,
         )
+        # The unconditional pass sees a blank face (all pixels -1), as the pipeline's; made once per segment.
+        blank_face = torch.full_like(segment.face, -1) if self.guidance_scale > 1 else None
         for step, timestep in enumerate(scheduler.timesteps):
             model_input = torch.cat([latents, segment.reference_latents], dim=1).to(self.transformer_dtype)
             inputs = dict(
@@ -250,11 +252,10 @@ class SegmentModel:
                 noise_pred = pipe.transformer(
                     **inputs, encoder_hidden_states=job.prompt_embeds, face_pixel_values=segment.face
                 )[0]
-            if self.guidance_scale > 1:
-                # The unconditional pass sees a blank face (all pixels -1), as the pipeline's.
+            if blank_face is not None:
                 with pipe.transformer.cache_context("uncond"):
                     noise_uncond = pipe.transformer(
-                        **inputs, encoder_hidden_states=job.negative_prompt_embeds, face_pixel_values=segment.face * 0 - 1
+                        **inputs, encoder_hidden_states=job.negative_prompt_embeds, face_pixel_values=blank_face
                     )[0]
                 noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
