@@ -4,7 +4,7 @@ The real preprocessing weights (RT-DETRv2 R50, ViTPose-H whole-body ONNX, SAM2.1
 downloaded where this runs, and their cost depends only on shapes. So models of the same architectures are
 built from configs with random weights (in a child process, while the driving clips are written), saved the
 way the hub stores them, and loaded back through the package's own ``from_pretrained`` paths (as the tests do
-with tiny ones). They are made "confident" like ``tests/e2e_fixtures.py`` does (detector class heads fixed to
+with tiny ones). They are made "confident" like ``wan_animate.demo`` does (detector class heads fixed to
 say "person", pose heatmap bias raised, SAM2's object-score head fixed to "present"), so every stage runs.
 A random detector sees a person in each of RT-DETR's 300 queries; a real clip has a few people, so only the
 `--max-people` best boxes per frame are kept (the detector's own cost is unchanged; following 300 "people"
@@ -81,7 +81,7 @@ def build_detector(folder: Path, sizes: str) -> Path:
     torch.manual_seed(0)
     model = RTDetrV2ForObjectDetection(config).eval()
     with torch.no_grad():
-        # Every query scores sigmoid(6) as a person and never anything else (as tests/e2e_fixtures.py does).
+        # Every query scores sigmoid(6) as a person and never anything else (as wan_animate.demo does).
         for head in [*model.class_embed, *model.model.decoder.class_embed]:
             head.weight.zero_()
             head.bias.fill_(OTHER_CLASS_LOGIT)

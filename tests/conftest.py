@@ -13,13 +13,14 @@ _OWN_GRADIO_TEMP_DIR: str | None = None
 
 
 def pytest_configure(config) -> None:
-    """Give this run its own Gradio file cache (before any test module imports gradio).
+    """Give this run its own Gradio file cache and no Gradio analytics (before any test module imports gradio).
 
     Gradio keeps uploads and outputs under one folder per machine, named by content hash, and a closing app
     deletes the files it put there: another test run on the same machine uploading the same test photo would
     delete this run's copy while a test still uses it.
     """
     global _OWN_GRADIO_TEMP_DIR
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or analytics call: no network
     if "GRADIO_TEMP_DIR" not in os.environ:
         _OWN_GRADIO_TEMP_DIR = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio-tests-")
 

@@ -8,7 +8,6 @@ for the session; the served app shrinks its frame areas to `wan_animate.demo.DEM
 
 from __future__ import annotations
 
-import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,7 +107,6 @@ def serve(config: AppConfig):
 def served_demo(tiny_models, tmp_path_factory):
     """The app served on localhost as ``python app.py --demo`` serves it: the confident tiny models on the CPU,
     small frames (the Blocks; its actions are ``demo.studio``)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     config = AppConfig(work_dir=tmp_path_factory.mktemp("jobs")).with_tiny_models(tiny_models)
     with demo_sizes(), small_media_limits(), serve(config) as demo:
         yield demo
@@ -123,7 +121,6 @@ def served_app(served_demo) -> str:
 @pytest.fixture(scope="module")
 def light_app(tmp_path_factory):
     """The app with model sources that are never loaded (for tests of the page and its API description)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     missing = tmp_path_factory.mktemp("no_models")
     config = AppConfig(
         model=str(missing / "checkpoint"), detector=str(missing / "detector"), pose_model=str(missing / "pose"),

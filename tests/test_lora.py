@@ -15,6 +15,7 @@ from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
 from safetensors.torch import save_file
 
 import wan_animate.lora as lora
+from wan_animate.demo.checkpoint import tiny_transformer_config
 from wan_animate.errors import WanAnimateError
 from wan_animate.lora import (
     BLOCK_MODULE_MAP,
@@ -29,19 +30,6 @@ from wan_animate.lora import (
     load_relighting_lora,
     set_lora_weights,
 )
-
-try:
-    from wan_animate.demo.checkpoint import tiny_transformer_config
-except ImportError:  # written by another part of the project; the inline config stands in until then
-
-    def tiny_transformer_config() -> dict:
-        return dict(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=36, latent_channels=16,
-            out_channels=16, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, image_dim=24, added_kv_proj_dim=16,
-            motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=16,
-            motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
-            inject_face_latents_blocks=2,
-        )
 
 
 def _pipeline() -> WanAnimatePipeline:
