@@ -50,6 +50,7 @@ class FakeDetector:
     """One person box per frame, the middle of the frame."""
 
     device = "cpu"
+    batch_size = 8
 
     def detect(self, frames, *, score_threshold=0.5, batch_size=8):
         return [np.array([[0.3 * f.shape[1], 0.1 * f.shape[0], 0.7 * f.shape[1], 0.95 * f.shape[0], 0.9]]) for f in frames]

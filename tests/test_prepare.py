@@ -14,6 +14,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.e2e_fixtures import small_media, tiny_models  # noqa: F401  (session fixture)
@@ -22,6 +23,7 @@ from wan_animate import validation
 from wan_animate.demo import DEMO_AREAS
 from wan_animate.errors import WanAnimateError
 from wan_animate.preprocess import PreprocessOptions, Preprocessor, prepare, sizing
+from wan_animate.preprocess.detect import CPU_BATCH, GPU_BATCH
 from wan_animate.preprocess.face import crop_faces, track_face_boxes
 from wan_animate.preprocess.frames import decode_batches
 from wan_animate.preprocess.keypoints import split_wholebody
@@ -55,6 +57,7 @@ class FakeDetector:
     def __init__(self, people_per_frame=None, device="cpu"):
         self.people = people_per_frame
         self.device = device
+        self.batch_size = GPU_BATCH if torch.device(device).type == "cuda" else CPU_BATCH  # as PersonDetector's
         self.seen = []  # every frame it was asked about, in order
 
     def detect(self, frames, *, score_threshold=0.5, batch_size=8):

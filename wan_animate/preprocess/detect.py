@@ -40,8 +40,9 @@ DETR-style detectors need no NMS in general, but a duplicate would inflate ``per
 
 
 GPU_BATCH = 32
-"""Frames per forward pass on a GPU (RT-DETRv2 R50 at 640 x 640 in bf16 needs well under 1 GiB per 8 frames);
-the CPU keeps batches of 8."""
+"""Frames per forward pass on a GPU (RT-DETRv2 R50 at 640 x 640 in bf16 needs well under 1 GiB per 8 frames)."""
+CPU_BATCH = 8
+"""Frames per forward pass on the CPU."""
 
 
 class PersonDetector:
@@ -64,6 +65,7 @@ class PersonDetector:
         self.device = device
         self.person_id = _person_label_id(model.config.id2label)
         self.autocast_dtype = torch.bfloat16 if torch.device(device).type == "cuda" else None
+        self.batch_size = GPU_BATCH if self.autocast_dtype is not None else CPU_BATCH
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_DETECTOR, *, device: str | None = None) -> "PersonDetector":
@@ -106,13 +108,13 @@ class PersonDetector:
             frames: RGB uint8 images (H, W, 3), sizes may differ; or a (B, H, W, 3) uint8 tensor, which the
                 image processor resizes on the tensor's device.
             score_threshold: Minimum detector score of a kept box.
-            batch_size: Frames per forward pass; ``None`` = `GPU_BATCH` on a GPU, 8 on the CPU.
+            batch_size: Frames per forward pass; ``None`` = ``self.batch_size`` (`GPU_BATCH` on a GPU, `CPU_BATCH`).
 
         Returns:
             Per frame an (N, 5) float32 array ``x1, y1, x2, y2, score`` in the frame's pixels, highest score
             first; N may be 0.
         """
-        batch_size = batch_size or (8 if self.autocast_dtype is None else GPU_BATCH)
+        batch_size = batch_size or self.batch_size
         boxes: list[np.ndarray] = []
         for start in range(0, len(frames), batch_size):
             batch = [

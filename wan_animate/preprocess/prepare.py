@@ -39,7 +39,7 @@ from ..conditioning import BACKGROUND_FILE, FACE_FILE, MASK_FILE, POSE_FILE, Con
 from ..errors import WanAnimateError
 from ..progress import ProgressCallback
 from ..video import DEFAULT_MAX_SECONDS, VideoInfo, probe_video, read_image
-from .detect import DEFAULT_DETECTOR, GPU_BATCH, PersonDetector, PersonTrack, detection_stride, follow_person, is_detection_frame, track_person
+from .detect import DEFAULT_DETECTOR, PersonDetector, PersonTrack, detection_stride, follow_person, is_detection_frame, track_person
 from .face import crop_faces, track_face_boxes
 from .frames import decode_batches, fit_within, letterbox_frames, resize_frames
 from .keypoints import WholeBodyPose, fill_missing_bodies, split_wholebody
@@ -71,8 +71,6 @@ MIN_PERSON_RATIO = 0.25
 WARN_PERSON_RATIO = 0.9
 WARN_POSE_CONFIDENCE = 0.5
 WARN_FACE_RATIO = 0.8
-BATCH = 8
-"""Frames per batch on the CPU (detector and pose model); a GPU takes `detect.GPU_BATCH`."""
 
 
 @dataclass
@@ -282,7 +280,8 @@ class Preprocessor:
     # -- stages shared by both modes ------------------------------------------------------------------
 
     def _batch_size(self) -> int:
-        return GPU_BATCH if torch.device(self.detector.device).type == "cuda" else BATCH
+        """Frames per batch of the detector and the pose model: the detector's (`PersonDetector.batch_size`)."""
+        return self.detector.batch_size
 
     def _keeps_decoded_clip(self) -> bool:
         """Whether Animation keeps the decoded clip for the pose model and the face crops: on a GPU, in its memory;
@@ -325,8 +324,8 @@ class Preprocessor:
             point: The chosen person's ``(frame, x, y)`` in analysis pixels, or ``None``.
             stages: The job's stages.
             analysis: Decoded batch -> the frames the detector and the pose model see (same device).
-            keep: ``(decoded batch, analysis batch)`` -> the frames to keep, one item per frame; ``None`` keeps
-                nothing.
+            keep: ``(decoded batch, analysis batch)`` -> the items to keep, appended in order (Animation keeps
+                the decoded batches, Replacement its letterboxed frames); ``None`` keeps nothing.
             size: Size the decoder itself resizes frames to, or ``None`` for the source size.
 
         Returns:
@@ -502,13 +501,10 @@ class Preprocessor:
                 point,
                 stages,
                 analysis=lambda frames: resize_frames(frames, analysis_size),
-                keep=(lambda decoded, _: list(decoded)) if keep_clip else None,
+                keep=(lambda decoded, _: [decoded]) if keep_clip else None,
                 size=decoded_size,
             )
-        if keep_clip:
-            decoded_batches = (torch.stack(frames) for frames in _batches(held, self._batch_size()))
-        else:
-            decoded_batches = self._decode(video_path, options, decoded_size)
+        decoded_batches = held if keep_clip else self._decode(video_path, options, decoded_size)
         analysis_batches = (resize_frames(batch, analysis_size).cpu().numpy() for batch in decoded_batches)
         tracked = self._track(detected, analysis_batches, point, stages)
         self._check_person_size(tracked, source_size[0] / analysis_size[0], video_path.name)
@@ -526,7 +522,7 @@ class Preprocessor:
                 writers.start(POSE_FILE, _drawn_skeleton(poses, canvas, skeleton))
                 face = tracked.poses.face * [held_size[1] / source_size[1], held_size[0] / source_size[0], 1.0]
                 face_boxes, face_ratio = self._faces(tracked, face, held_size)
-                decoded = held if keep_clip else itertools.chain.from_iterable(self._decode(video_path, options, decoded_size))
+                decoded = itertools.chain.from_iterable(held if keep_clip else self._decode(video_path, options, decoded_size))
                 faces = crop_faces(decoded, face_boxes)
                 del held, decoded  # the decoded clip, possibly on the GPU
                 writers.start(FACE_FILE, faces)
