@@ -329,7 +329,7 @@ class Preprocessor:
             size: Size the decoder itself resizes frames to, or ``None`` for the source size.
 
         Returns:
-            The kept frames, and the detections: on every ``every``-th frame (`is_detection_frame`), the
+            The kept items, and the detections: on every ``every``-th frame (`is_detection_frame`), the
             chosen point's frame and the last frame.
         """
         device = str(self.detector.device)
