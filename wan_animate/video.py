@@ -9,6 +9,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -469,39 +470,47 @@ def write_video(
         ``path``.
     """
     path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
     rate = _rate(fps)
+    with _mp4_in_place(path) as output:
+        video = output.add_stream("libx264", rate=rate)
+        video.pix_fmt = "yuv420p"
+        # mbtree off: libx264's macroblock-tree pass reads uninitialised memory, so the same frames encoded to
+        # different bits from run to run (2 to 5 variants in 40 encodes here); without it every encode of the same
+        # frames is the same file (400 of 400), for 8-30 % more bytes at the same crf.
+        video.options = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
+        # Streams must all exist before the first packet is written.
+        audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
+        count = 0
+        for frame in frames:
+            if count == 0:
+                height, width = frame.shape[:2]
+                if height % 2 or width % 2:
+                    raise ValueError(f"H.264 in yuv420p needs even frame sides, got {width}x{height}")
+                video.width, video.height = width, height
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in video.encode(picture):
+                output.mux(packet)
+            count += 1
+        if count == 0:
+            raise ValueError("write_video needs at least one frame")
+        for packet in video.encode():
+            output.mux(packet)
+        if audio is not None:
+            _copy_audio(output, audio, audio_source, audio_start, count / float(rate))
+    return path
+
+
+@contextmanager
+def _mp4_in_place(path: Path) -> Iterator[av.container.OutputContainer]:
+    """An mp4 (``+faststart``) written to a temporary name beside ``path`` and moved onto it once complete, so a
+    reader of ``path`` sees the previous file or the new one, never a part-written one; nothing is left on error."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
     try:
         with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
-            video = output.add_stream("libx264", rate=rate)
-            video.pix_fmt = "yuv420p"
-            # mbtree off: libx264's macroblock-tree pass reads uninitialised memory, so the same frames encoded to
-            # different bits from run to run (2 to 5 variants in 40 encodes here); without it every encode of the same
-            # frames is the same file (400 of 400), for 8-30 % more bytes at the same crf.
-            video.options = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
-            # Streams must all exist before the first packet is written.
-            audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
-            count = 0
-            for frame in frames:
-                if count == 0:
-                    height, width = frame.shape[:2]
-                    if height % 2 or width % 2:
-                        raise ValueError(f"H.264 in yuv420p needs even frame sides, got {width}x{height}")
-                    video.width, video.height = width, height
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                for packet in video.encode(picture):
-                    output.mux(packet)
-                count += 1
-            if count == 0:
-                raise ValueError("write_video needs at least one frame")
-            for packet in video.encode():
-                output.mux(packet)
-            if audio is not None:
-                _copy_audio(output, audio, audio_source, audio_start, count / float(rate))
+            yield output
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
 
 
 def _add_audio_stream(output: av.container.OutputContainer, source: str | Path) -> av.audio.stream.AudioStream | None:
@@ -615,7 +624,6 @@ def concat_videos(
     path = Path(path)
     if not parts:
         raise ValueError("concat_videos needs at least one part")
-    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
     inputs = [av.open(str(part)) for part in parts]
     try:
         streams = [container.streams.video[0] for container in inputs]
@@ -630,7 +638,7 @@ def concat_videos(
         if ticks.denominator != 1:
             raise ValueError(f"a frame lasts {ticks} time-base units; whole units are needed to join parts")
         delay = max(-_first_decode_time(part) for part in parts)
-        with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
+        with _mp4_in_place(path) as output:
             video = output.add_stream_from_template(first)
             audio = _add_audio_stream(output, audio_source) if audio_source is not None else None
             offset = count = 0
@@ -646,11 +654,9 @@ def concat_videos(
                 offset = count * int(ticks)
             if audio is not None:
                 _copy_audio(output, audio, audio_source, audio_start, float(count / first.average_rate))
-        partial.replace(path)
     finally:
         for container in inputs:
             container.close()
-        partial.unlink(missing_ok=True)
     return path
 
 
