@@ -23,6 +23,30 @@ import torch
 from .conditioning import VIDEO_FIELDS, Conditioning
 from .errors import WanAnimateError
 
+
+@dataclass
+class SegmentTimes:
+    """Measured seconds of one segment (stored in the checkpoint, used for estimates).
+
+    Attributes:
+        inputs: Waiting for the segment's conditioning frames (read and preprocessed on a worker thread while
+            the previous segment ran: the part that did not overlap).
+        encode: VAE encodes of the skeleton frames and the conditioning video.
+        steps: Each denoising step.
+        decode: VAE decode, colour matching and the copy of the frames to the host.
+        write: Encoding the segment's mp4 and re-assembling the output (on a worker thread, overlapping the
+            next segment).
+        total: Wall time of the segment on the main thread.
+    """
+
+    inputs: float = 0.0
+    encode: float = 0.0
+    steps: list[float] = field(default_factory=list)
+    decode: float = 0.0
+    write: float = 0.0
+    total: float = 0.0
+
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 
@@ -72,7 +96,7 @@ class Checkpoint:
         overlap: ``(1, 3, overlap_frames, H, W)`` the last segment's last frames as the VAE decoded them
             (after colour matching), on the CPU; ``None`` before the first segment.
         generator_state: The job generator's state after ``segments_done`` segments.
-        times: Measured seconds of each finished segment (`wan_animate.generate.SegmentTimes` as dicts).
+        times: Measured seconds of each finished segment (stored as dicts).
     """
 
     fingerprint: str
@@ -81,7 +105,7 @@ class Checkpoint:
     segments_total: int
     overlap: torch.Tensor | None
     generator_state: torch.Tensor
-    times: list[dict[str, Any]] = field(default_factory=list)
+    times: list[SegmentTimes] = field(default_factory=list)
 
     def save(self, state_dir: str | Path) -> Path:
         """Write the checkpoint into ``state_dir``, replacing the previous one whole."""
@@ -113,6 +137,7 @@ class Checkpoint:
             raise WanAnimateError(f"{path} could not be read ({error}). Delete {state_dir} to start the job again.") from error
         if stored.pop("version", None) != FORMAT_VERSION:
             raise WanAnimateError(f"{path} was written by another version. Delete {state_dir} to start the job again.")
+        stored["times"] = [SegmentTimes(**times) for times in stored.get("times", [])]
         checkpoint = cls(**stored)
         if checkpoint.fingerprint != fingerprint or (seed is not None and seed != checkpoint.seed):
             raise WanAnimateError(
@@ -125,4 +150,4 @@ class Checkpoint:
         return checkpoint
 
 
-__all__ = ["CHECKPOINT_FILE", "Checkpoint", "job_fingerprint", "segment_file"]
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "SegmentTimes", "job_fingerprint", "segment_file"]

@@ -29,14 +29,14 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, job_fingerprint, segment_file
+from .checkpoint import Checkpoint, SegmentTimes, job_fingerprint, segment_file
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
 from .lora import RELIGHT_ADAPTER, load_relighting_lora, loaded_adapters, set_lora_weights
@@ -115,6 +115,10 @@ class GenerationSettings:
     scheduler: JobScheduler | None = None
     step_cache: str = "none"
     step_cache_options: dict[str, Any] = field(default_factory=dict)
+
+    def plan(self, num_frames: int) -> SegmentPlan:
+        """How a clip of ``num_frames`` frames is cut into segments with these settings."""
+        return SegmentPlan(num_frames, self.segment_frames, self.overlap_frames)
 
     def check(self) -> None:
         """Raise `WanAnimateError` for settings the pipeline cannot run (ranges: `wan_animate.validation`)."""
@@ -210,7 +214,7 @@ def prompt_embeddings(
 
 def estimate_steps(num_frames: int, settings: GenerationSettings) -> int:
     """Total denoising steps a job will run (segments x steps), for time estimates."""
-    return SegmentPlan(num_frames, settings.segment_frames, settings.overlap_frames).num_segments * settings.num_inference_steps
+    return settings.plan(num_frames).num_segments * settings.num_inference_steps
 
 
 # -- What a job reports --------------------------------------------------------------------------------
@@ -272,29 +276,6 @@ class SegmentUpdate:
     total_frames: int
     video_path: Path
     seconds: float
-
-
-@dataclass
-class SegmentTimes:
-    """Measured seconds of one segment (stored in the checkpoint, used for estimates).
-
-    Attributes:
-        inputs: Waiting for the segment's conditioning frames (read and preprocessed on a worker thread while
-            the previous segment ran: the part that did not overlap).
-        encode: VAE encodes of the skeleton frames and the conditioning video.
-        steps: Each denoising step.
-        decode: VAE decode, colour matching and the copy of the frames to the host.
-        write: Encoding the segment's mp4 and re-assembling the output (on a worker thread, overlapping the
-            next segment).
-        total: Wall time of the segment on the main thread.
-    """
-
-    inputs: float = 0.0
-    encode: float = 0.0
-    steps: list[float] = field(default_factory=list)
-    decode: float = 0.0
-    write: float = 0.0
-    total: float = 0.0
 
 
 def estimate_segment_seconds(times: Sequence[SegmentTimes], num_inference_steps: int) -> float | None:
@@ -496,7 +477,7 @@ class _VideoOutput(_Output):
             segments_total=self.plan.num_segments,
             overlap=segment.overlap,
             generator_state=segment.generator_state,
-            times=[asdict(times) for times in self.history[: segment.index + 1]],
+            times=self.history[: segment.index + 1],
         ).save(self.state_dir)
         return SegmentUpdate(
             index=segment.index,
@@ -604,7 +585,7 @@ def _run_segments(
     `_segment_loop`, and turns a cancel into `GenerationCancelled` once the segment's tensors are gone.
     ``history`` holds the measured times of the finished segments (from ``resume``) and gets this call's.
     """
-    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    plan = settings.plan(conditioning.num_frames)
     first = resume.segments_done if resume is not None else 0
     last = plan.num_segments if max_segments is None else min(plan.num_segments, first + max_segments)
     if first >= last:
@@ -759,7 +740,7 @@ def generate(
     _check_job(conditioning, settings, None)
     started = time.perf_counter()
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    plan = settings.plan(conditioning.num_frames)
     _log_start(conditioning, settings, plan, seed, 0)
     output = _FramesInMemory()
     _run_segments(
@@ -827,7 +808,7 @@ def generate_video(
     started = time.perf_counter()
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+    plan = settings.plan(conditioning.num_frames)
     temporary = state_dir is None
     folder = Path(tempfile.mkdtemp(prefix=f".{output_path.stem}.segments.", dir=output_path.parent)) if temporary else Path(state_dir)
     try:
@@ -835,7 +816,7 @@ def generate_video(
         fingerprint = _fingerprint(conditioning, settings)
         resume = Checkpoint.load(folder, fingerprint=fingerprint, seed=settings.seed)
         seed = resume.seed if resume is not None else settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-        history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
+        history = list(resume.times) if resume is not None else []
         output = _VideoOutput(
             output_path, folder, conditioning, plan,
             fingerprint=fingerprint, seed=seed, history=history, on_segment=on_segment,
@@ -881,7 +862,7 @@ def follow_job(
     seed = resume.seed if resume is not None else settings.seed
     if seed is None:
         raise WanAnimateError("A followed job needs the leader's seed.")
-    history = [SegmentTimes(**times) for times in resume.times] if resume is not None else []
+    history = list(resume.times) if resume is not None else []
     return _run_segments(
         pipeline, conditioning, settings, _Output(), seed=seed, resume=resume, progress=progress, cancel=cancel,
         max_segments=max_segments, deadline=None, history=history,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import WanAnimateError
-from .generate import GenerationSettings, estimate_steps
+from .generate import GenerationSettings
 from .progress import format_minutes
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ def estimate_generation_seconds(
     Raises:
         WanAnimateError: Unknown resolution.
     """
-    segments = estimate_steps(num_frames, settings) // settings.num_inference_steps
+    segments = settings.plan(num_frames).num_segments
     return segments * estimate_seconds_per_segment(resolution, settings) + (MODEL_LOAD_SECONDS if include_load else 0.0)
 
 

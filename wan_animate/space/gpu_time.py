@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checkpoint import Checkpoint
-from ..generate import GenerationSettings, SegmentTimes, estimate_segment_seconds, estimate_steps
+from ..generate import GenerationSettings, estimate_segment_seconds
 from ..presets import (
     draft_span,
     estimate_frames,
@@ -72,7 +72,7 @@ def segment_seconds(resolution: str, settings: GenerationSettings, checkpoint: C
     """GPU seconds of one segment of a job: the median of its segments measured so far (``checkpoint``, from its
     earlier calls), else from `presets.STEP_TIMES`."""
     if checkpoint is not None and checkpoint.times:
-        measured = estimate_segment_seconds([SegmentTimes(**times) for times in checkpoint.times], settings.num_inference_steps)
+        measured = estimate_segment_seconds(checkpoint.times, settings.num_inference_steps)
         if measured is not None:
             return measured
     return estimate_seconds_per_segment(resolution, settings)
@@ -85,7 +85,7 @@ def describe_generation(frames: int, resolution: str, settings: GenerationSettin
     Raises:
         WanAnimateError: On ZeroGPU, one segment does not fit in a call.
     """
-    segments = estimate_steps(frames, settings) // settings.num_inference_steps
+    segments = settings.plan(frames).num_segments
     job = f"{frames} frames at {resolution}, {segments} segment{'s' if segments != 1 else ''} of {settings.num_inference_steps} steps"
     if not zerogpu:
         seconds = estimate_generation_seconds(frames, resolution, settings, include_load=False)

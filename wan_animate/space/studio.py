@@ -80,7 +80,6 @@ from ..presets import (
     estimate_generation_seconds,
     format_minutes,
 )
-from ..segments import SegmentPlan
 from ..validation import BLOCKIFY, MASK_ITERATIONS, MASK_KERNEL
 from ..video import DEFAULT_MAX_SECONDS, probe_video
 from .config import AppConfig
@@ -1220,7 +1219,7 @@ class _Run:
         self.job = job
         self.conditioning = conditioning
         self.settings = settings
-        self.plan = SegmentPlan(conditioning.num_frames, settings.segment_frames, settings.overlap_frames)
+        self.plan = settings.plan(conditioning.num_frames)
         self.state_dir = job.generation_dir(_settings_key(settings))
         self.video = self.state_dir / GENERATION_VIDEO
         self.done = 0
