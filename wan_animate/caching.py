@@ -122,6 +122,17 @@ def check_step_cache_name(name: str) -> None:
         raise WanAnimateError(f"Unknown step cache {name!r}: use one of {', '.join(STEP_CACHES)}.")
 
 
+def check_step_cache_split(name: str) -> None:
+    """Raise `WanAnimateError` for a step cache on a job split over several GPUs (context parallelism): each GPU
+    would decide on its own which steps to skip, and they would drift apart (a skipped block's exchanges would
+    also leave the others waiting)."""
+    if name != "none":
+        raise WanAnimateError(
+            "A step cache cannot be used with several GPUs (context parallelism): each would decide on its own which "
+            "steps to skip, and they would drift apart. Turn the step cache off."
+        )
+
+
 def register_animate_blocks() -> None:
     """Register the Animate transformer's block class for diffusers' block-skipping caches (idempotent).
 
@@ -188,9 +199,7 @@ def enable_step_cache(
         disable_step_cache(transformer)
         return
     if getattr(transformer, "_parallel_config", None) is not None:
-        raise WanAnimateError(
-            "Step caches cannot be used with context parallelism (several GPUs): use step cache 'none'."
-        )
+        check_step_cache_split(name)
     config = _cache_config(name, num_inference_steps, options)
 
     disable_step_cache(transformer)
@@ -455,6 +464,7 @@ class _RecordMagCalibration(ModelHook):
 __all__ = [
     "STEP_CACHES",
     "check_step_cache_name",
+    "check_step_cache_split",
     "active_step_cache",
     "disable_step_cache",
     "enable_step_cache",

@@ -56,6 +56,7 @@ from diffusers import ContextParallelConfig
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput
 
+from .caching import check_step_cache_split
 from .checkpoint import Checkpoint
 from .conditioning import Conditioning
 from .errors import GenerationCancelled, WanAnimateError
@@ -600,11 +601,8 @@ def share_job(
     """
     settings = settings or GenerationSettings()
     settings.check()
-    if parallel is not None and settings.step_cache != "none":
-        raise WanAnimateError(
-            "A step cache cannot be used with several GPUs: each would decide on its own which steps to skip, and "
-            "they would drift apart. Turn the step cache off."
-        )
+    if parallel is not None:
+        check_step_cache_split(settings.step_cache)  # before anything is sent
     conditioning.validate()
     resume = load_checkpoint(state_dir, conditioning, settings) if state_dir is not None else None
     if resume is not None:
