@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_generate import make_conditioning
 from wan_animate import aot
 from wan_animate.errors import WanAnimateError
 from wan_animate.models import load_pipeline
@@ -37,8 +38,8 @@ def loras(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     from diffusers import WanAnimateTransformer3DModel
     from safetensors.torch import save_file
 
-    from wan_animate.demo.loras import build_tiny_relighting_lora
     from tests.test_presets import _kijai_fast_lora
+    from wan_animate.demo.loras import build_tiny_relighting_lora
 
     folder = tmp_path_factory.mktemp("loras")
     transformer = WanAnimateTransformer3DModel.from_pretrained(tiny_checkpoint / "transformer")
@@ -130,24 +131,9 @@ def test_a_fresh_process_loads_the_package_and_matches_eager_with_any_lora_weigh
     assert runs["relight"]["calls"] == runs["relight 0.5 + fast"]["calls"] == {"plain": 0, "lora": 2, "eager": 0}
 
 
-def _conditioning(mode: str, frames: int, height: int = 48, width: int = 48):
+def _conditioning(mode: str, frames: int):
     """Random conditioning whose segments have 27 tokens (3 latent frames of 3 x 3 patches), within the package's."""
-    from wan_animate.conditioning import Conditioning
-
-    rng = np.random.default_rng(1)
-    fields = dict(
-        mode=mode,
-        reference_image=rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
-        pose_frames=rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8),
-        face_frames=rng.integers(0, 255, (frames, 512, 512, 3), dtype=np.uint8),
-        fps=10.0,
-    )
-    if mode == "replace":
-        mask = np.zeros((frames, height, width), np.uint8)
-        mask[:, 8:32, 8:32] = 1
-        fields["mask_frames"] = mask
-        fields["background_frames"] = rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8)
-    return Conditioning(**fields)
+    return make_conditioning(mode, frames, height=48, width=48)
 
 
 def test_lora_weights_switched_between_jobs_match_the_eager_pipeline(package, tiny_checkpoint, loras):

@@ -45,21 +45,22 @@ def pipeline(tiny_checkpoint):
     return load_pipeline(tiny_checkpoint, allow_cpu=True)
 
 
-def make_conditioning(mode: str, frames: int, audio=None) -> Conditioning:
+def make_conditioning(mode: str, frames: int, audio=None, *, height: int = HEIGHT, width: int = WIDTH) -> Conditioning:
+    """Random conditioning of ``frames`` frames (Replacement: a square mask, the background outside it)."""
     rng = np.random.default_rng(1)
     fields = dict(
         mode=mode,
         reference_image=rng.integers(0, 255, (40, 40, 3), dtype=np.uint8),
-        pose_frames=rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8),
+        pose_frames=rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8),
         face_frames=rng.integers(0, 255, (frames, 512, 512, 3), dtype=np.uint8),
         fps=10.0,
         audio_source=audio,
     )
     if mode == "replace":
-        mask = np.zeros((frames, HEIGHT, WIDTH), np.uint8)
+        mask = np.zeros((frames, height, width), np.uint8)
         mask[:, 8:24, 8:24] = 1
         fields["mask_frames"] = mask
-        fields["background_frames"] = rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8) * (1 - mask[..., None])
+        fields["background_frames"] = rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8) * (1 - mask[..., None])
     return Conditioning(**fields)
 
 

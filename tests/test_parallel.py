@@ -31,6 +31,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.test_generate import make_conditioning
 from wan_animate.parallel import ContextParallelOptions, frame_window, token_span
 
 WORLD_SIZE = 2
@@ -205,22 +206,7 @@ def _check_transformer(report: dict) -> None:
 
 
 def _conditioning(mode: str, frames: int = FRAMES):
-    from wan_animate.conditioning import Conditioning
-
-    rng = np.random.default_rng(1)
-    fields = dict(
-        mode=mode,
-        reference_image=rng.integers(0, 255, (40, 40, 3), dtype=np.uint8),
-        pose_frames=rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8),
-        face_frames=rng.integers(0, 255, (frames, 512, 512, 3), dtype=np.uint8),
-        fps=10.0,
-    )
-    if mode == "replace":
-        mask = np.zeros((frames, HEIGHT, WIDTH), np.uint8)
-        mask[:, 8:24, 8:24] = 1
-        fields["mask_frames"] = mask
-        fields["background_frames"] = rng.integers(0, 255, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8) * (1 - mask[..., None])
-    return Conditioning(**fields)
+    return make_conditioning(mode, frames)
 
 
 def _check_pipeline(parallel, report: dict) -> None:
