@@ -239,13 +239,7 @@ def main() -> None:
     device = "cuda"
     if args.smoke:
         device = "cpu"
-        fullsize.TRANSFORMER_CONFIG.update(
-            num_attention_heads=2, num_layers=5, ffn_dim=256, added_kv_proj_dim=256, text_dim=64, image_dim=32
-        )
-        fullsize.UMT5_CONFIG.update(d_model=64, num_layers=2, d_ff=128, num_heads=2, d_kv=32, vocab_size=1000)
-        fullsize.CLIP_VISION_CONFIG.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-        fullsize.RESOLUTIONS.update({"480p": (64, 64), "720p": (64, 96)})
-        fullsize.SEGMENT_FRAMES = 5
+        fullsize.shrink_for_smoke()
         args.steps = 1
 
     import diffusers

@@ -262,6 +262,19 @@ class SegmentInputs:
         }
 
 
+def shrink_for_smoke() -> None:
+    """Tiny models of the same architecture, 64-pixel frames and 5-frame segments: a script's ``--smoke`` run checks
+    its code paths on the CPU in seconds (timings and memory meaningless)."""
+    global SEGMENT_FRAMES
+    TRANSFORMER_CONFIG.update(
+        num_attention_heads=2, num_layers=5, ffn_dim=256, added_kv_proj_dim=256, text_dim=64, image_dim=32
+    )
+    UMT5_CONFIG.update(d_model=64, num_layers=2, d_ff=128, num_heads=2, d_kv=32, vocab_size=1000)
+    CLIP_VISION_CONFIG.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    RESOLUTIONS.update({"480p": (64, 64), "720p": (64, 96)})
+    SEGMENT_FRAMES = 5
+
+
 def latent_shape(resolution: str, frames: int | None = None) -> tuple[int, int, int]:
     """(latent frames incl. the reference frame, latent height, latent width) of one segment."""
     frames = frames or SEGMENT_FRAMES
